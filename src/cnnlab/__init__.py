@@ -1,0 +1,16 @@
+"""cnnlab: the classic ImageNet-era convolutional networks, as the papers describe them.
+
+The public surface:
+    create_model(name, **options)   build a registered network
+    list_models(pattern=None)       registered names (fnmatch pattern)
+    model_card(name)                paper, input size, exact params and multiply-adds, results
+    profile(model_or_name, ...)     per-layer output shape, params, MACs, neurons, connections,
+                                    receptive field
+"""
+
+from cnnlab.analysis.complexity import Profile, profile
+from cnnlab.models.registry import ModelCard, create_model, list_models, model_card
+
+__version__ = "0.1.0"
+
+__all__ = ["ModelCard", "Profile", "create_model", "list_models", "model_card", "profile"]

@@ -1,0 +1,200 @@
+"""The `cnnlab` command line: each subcommand is a few lines that call the library.
+
+cnnlab models [PATTERN]
+cnnlab summary MODEL [--input-size N] [--json]
+cnnlab visualize filters|activations|deconv|curves ...
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+
+from cnnlab.analysis.complexity import profile
+from cnnlab.analysis.tables import models_table
+from cnnlab.models.registry import UnknownModelError, list_models
+
+
+class CliError(Exception):
+    """A user error: printed as one line, exit status 2."""
+
+
+def _cmd_models(args: argparse.Namespace) -> int:
+    names = list_models(args.pattern)
+    if not names:
+        raise CliError(f"no model matches {args.pattern!r}; `cnnlab models` lists them all")
+    print(models_table(names, markdown=args.markdown))
+    return 0
+
+
+def _cmd_summary(args: argparse.Namespace) -> int:
+    result = profile(args.model, args.input_size)
+    print(result.to_json() if args.json else result.table())
+    return 0
+
+
+def _cmd_train(args: argparse.Namespace) -> int:
+    from cnnlab.train import TrainingDiverged, parse_options, train_from_spec
+
+    try:
+        train_from_spec(
+            args.model, args.data, args.out, recipe=args.recipe, split=args.split,
+            steps=args.steps, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
+            precision=args.precision, seed=args.seed, device=args.device, compile=args.compile,
+            resume=args.resume, eval_every=args.eval_every,
+            model_options=parse_options(args.option), progress=not args.quiet,
+        )  # fmt: skip
+    except TrainingDiverged as e:  # not a usage error: exit status 1
+        print(f"cnnlab: error: {e}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _cmd_eval(args: argparse.Namespace) -> int:
+    from cnnlab.train import evaluate_from_spec
+
+    r = evaluate_from_spec(
+        args.checkpoint, args.data, split=args.split, device=args.device,
+        batch_size=args.batch_size, precision=args.precision,
+    )  # fmt: skip
+    print(
+        f"top-1 error {r.top1_error:.2f}%  top-5 error {r.top5_error:.2f}%  "
+        f"({r.images:,} images, {args.split} split of {args.data})"
+    )
+    return 0
+
+
+def _cmd_predict(args: argparse.Namespace) -> int:
+    from cnnlab.train import predict
+
+    for p in predict(args.checkpoint, args.images, top=args.top, device=args.device):
+        ranked = zip(p.classes, p.probabilities, strict=True)
+        print(f"{p.path}: " + ", ".join(f"{name} {100 * q:.1f}%" for name, q in ranked))
+    return 0
+
+
+def _cmd_visualize(args: argparse.Namespace) -> int:
+    from cnnlab.analysis import plots
+
+    if args.figure == "filters":
+        path = plots.draw_filters(args.checkpoint, args.out)
+    elif args.figure == "activations":
+        path = plots.draw_activations(
+            args.checkpoint, args.image, args.out, channels=args.channels, layers=args.layers
+        )
+    elif args.figure == "deconv":
+        path = plots.draw_deconv(
+            args.checkpoint, args.data, args.out, layer=args.layer, channels=args.channels,
+            split=args.split, limit=args.limit or None, top=args.top,
+        )  # fmt: skip
+    else:
+        path = plots.draw_curves(args.runs, args.out, args.title)
+    print(f"wrote {path}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="cnnlab",
+        description="The classic ImageNet-era CNNs: build, measure, train, reproduce.",
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("models", help="table of registered networks")
+    p.add_argument("pattern", nargs="?", help="fnmatch pattern, e.g. 'resnet*'")
+    p.add_argument("--markdown", action="store_true", help="a Markdown table (as in the README)")
+    p.set_defaults(func=_cmd_models)
+
+    p = sub.add_parser("summary", help="per-layer table and totals of a network")
+    p.add_argument("model")
+    p.add_argument("--input-size", type=int, help="side of the square input (default: the card's)")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.set_defaults(func=_cmd_summary)
+
+    # -- subcommands of cnnlab.train are registered below (train, eval, predict) --
+    p = sub.add_parser("train", help="train a network; a run folder records everything")
+    p.add_argument("model")
+    p.add_argument("--data", default="cifar10", help="cifar10 (default), cifar100 or a path")
+    p.add_argument("--out", required=True, help="run folder: config, metrics, checkpoints")
+    p.add_argument("--recipe", default="fast", choices=("he2015", "fast"), help="default: fast")
+    p.add_argument("--split", default="full", choices=("full", "45k"),
+                   help="full: all training images; 45k: the paper's 45k/5k split")  # fmt: skip
+    length = p.add_mutually_exclusive_group()
+    length.add_argument("--steps", type=int, help="optimizer steps (milestones scale along)")
+    length.add_argument("--epochs", type=float, help="passes over the training images")
+    p.add_argument("--batch-size", type=int, help="global batch (split across processes)")
+    p.add_argument("--lr", type=float, help="peak learning rate")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--precision", choices=("fp32", "bf16"), help="default: the recipe's")
+    p.add_argument("--compile", action="store_true", help="torch.compile the training step")
+    p.add_argument("--device", help="cpu, cuda, cuda:N (default: the GPU if any)")
+    p.add_argument("--resume", action="store_true", help="continue the run in --out")
+    p.add_argument("--eval-every", type=int, help="steps between evaluations (default: 10 a run)")
+    p.add_argument("-O", "--option", action="append", default=[], metavar="KEY=VALUE",
+                   help="model option, e.g. -O shortcut=B")  # fmt: skip
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress bars or per-eval lines")
+    p.set_defaults(func=_cmd_train)
+
+    p = sub.add_parser("eval", help="top-1 and top-5 error of a checkpoint")
+    p.add_argument("checkpoint", help="a checkpoint file or a run folder (its checkpoint.pt)")
+    p.add_argument("--data", default="cifar10", help="cifar10, cifar100 or a path")
+    p.add_argument("--split", default="test", help="default: test")
+    p.add_argument("--batch-size", type=int, default=500)
+    p.add_argument("--precision", choices=("fp32", "bf16"), default="fp32")
+    p.add_argument("--device", help="cpu, cuda, cuda:N (default: the GPU if any)")
+    p.set_defaults(func=_cmd_eval)
+
+    p = sub.add_parser(
+        "predict", help="most probable classes of your own images (resized to the training size)"
+    )
+    p.add_argument("checkpoint", help="a checkpoint file or a run folder (its checkpoint.pt)")
+    p.add_argument("images", nargs="+", help="image files; each is resized as a whole by PIL")
+    p.add_argument("--top", type=int, default=5, help="classes to show per image (default: 5)")
+    p.add_argument("--device", help="cpu, cuda, cuda:N (default: the GPU if any)")
+    p.set_defaults(func=_cmd_predict)
+
+    # -- cnnlab visualize: figures of what a network sees (cnnlab.analysis.plots) --
+    p = sub.add_parser("visualize", help="PNG figures: filters, activations, deconvnet, curves")
+    vis = p.add_subparsers(dest="figure", required=True, metavar="FIGURE")
+    net_help = "a checkpoint, a run folder, or a model name (random weights)"
+    v = vis.add_parser("filters", help="the first layer's kernels as an image grid")
+    v.add_argument("checkpoint", help=net_help)
+    v.add_argument("--out", default="filters.png", help="PNG file (default: filters.png)")
+    v = vis.add_parser("activations", help="the feature maps of each stage for one image")
+    v.add_argument("checkpoint", help=net_help)
+    v.add_argument("image", help="an image file (resized to the network's input size)")
+    v.add_argument("--channels", type=int, default=8, help="maps shown per stage (default: 8)")
+    v.add_argument("--layers", nargs="+", metavar="NAME",
+                   help="module paths or conv labels (default: each stage)")  # fmt: skip
+    v.add_argument("--out", default="activations.png", help="PNG file (default: activations.png)")
+    v = vis.add_parser("deconv", help="Zeiler & Fergus's deconvnet: top images per channel")
+    v.add_argument("checkpoint", help=net_help)
+    v.add_argument("--layer", required=True,
+                   help="module path or conv label: features.12, conv5, layer3")  # fmt: skip
+    v.add_argument("--channels", type=int, nargs="+", metavar="C",
+                   help="feature maps (default: the 4 with the largest activations)")  # fmt: skip
+    v.add_argument("--data", default="cifar10", help="cifar10 (default), cifar100 or a path")
+    v.add_argument("--split", default="test", help="default: test")
+    v.add_argument("--limit", type=int, default=2000,
+                   help="images searched, spread over the split (default 2000; 0: all)")  # fmt: skip
+    v.add_argument("--top", type=int, default=9, help="images per channel (default: 9)")
+    v.add_argument("--out", default="deconv.png", help="PNG file (default: deconv.png)")
+    v = vis.add_parser("curves", help="training (dashed) and test (bold) error of runs")
+    v.add_argument("runs", nargs="+", metavar="RUN_DIR", help="run folders (metrics.jsonl)")
+    v.add_argument("--title", default="", help="figure title")
+    v.add_argument("--out", default="curves.png", help="PNG file (default: curves.png)")
+    p.set_defaults(func=_cmd_visualize)
+
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command line; returns the exit status."""
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except (CliError, UnknownModelError, ValueError, OSError) as e:
+        # User errors are one line naming the problem and what to do, never a traceback.
+        print(f"cnnlab: error: {e}", file=sys.stderr)
+        return 2

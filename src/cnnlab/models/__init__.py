@@ -1,0 +1,29 @@
+"""The networks, one file per paper. Importing this package registers them all."""
+
+from cnnlab.models import alexnet, googlenet, preact_resnet, resnet, resnet_cifar, vgg, zfnet
+from cnnlab.models.registry import (
+    ModelCard,
+    Reported,
+    UnknownModelError,
+    create_model,
+    list_models,
+    model_card,
+    register_model,
+)
+
+__all__ = [
+    "ModelCard",
+    "Reported",
+    "UnknownModelError",
+    "alexnet",
+    "create_model",
+    "googlenet",
+    "list_models",
+    "model_card",
+    "preact_resnet",
+    "register_model",
+    "resnet",
+    "resnet_cifar",
+    "vgg",
+    "zfnet",
+]

@@ -1,0 +1,366 @@
+"""GoogLeNet (Szegedy et al. 2014, "Going Deeper with Convolutions", arXiv:1409.4842,
+CVPR 2015; Table 1, Fig. 3, section 5).
+
+A stem (conv 7x7/2, max-pool, LRN, conv 1x1, conv 3x3, LRN, max-pool; Fig. 3), nine inception
+modules in three groups separated by 3x3/2 max-pools, global average pooling, dropout 0.4 and
+one linear layer; 22 layers with parameters. Shapes at 224 x 224 (Table 1):
+
+    stem         112 x 112 x 64 -> 56 x 56 x 64 -> 56 x 56 x 192 -> 28 x 28 x 192
+    3a, 3b       28 x 28 x 256, 480         -> max-pool 3x3/2 -> 14 x 14 x 480
+    4a .. 4e     14 x 14 x 512, .., 832     -> max-pool 3x3/2 -> 7 x 7 x 832
+    5a, 5b       7 x 7 x 832, 1024          -> average pool -> dropout 0.4 -> linear
+
+    model      input  params      multiply-adds  paper error, top-5
+    googlenet  224    13,378,280  1,582,671,872  10.07  ILSVRC-2014 val, 1 model, 1 crop (Table 3)
+                                                  6.67  ILSVRC-2014 test, 7 models, 144 crops
+                                                        (Table 2)
+
+The parameter count is the whole module's, the two auxiliary classifiers included (they are
+trained; 6,998,552 without them); the multiply-adds are those of `forward`, which does not run
+the auxiliary classifiers.
+
+Auxiliary classifiers (section 5) sit on the outputs of 4a and 4d: 5x5/3 average pool (to
+4 x 4), 1x1 conv with 128 filters, fully connected 1024, dropout 0.7, linear to the classes.
+They exist for training only: `forward` always returns the logits of the main head, and
+`forward_with_aux` returns `GoogLeNetOutputs(logits, aux1, aux2)` for the training loss,
+loss = main + AUX_LOSS_WEIGHT * (aux1 + aux2).
+
+Deviations and choices the paper leaves open:
+- Max-pools round up (`ceil_mode=True`, as Caffe pools): 112 -> 56 and 14 -> 7 as in
+  Table 1 need it.
+- The LRN constants are not given; we use AlexNet's (k=2, n=5, alpha=1e-4, beta=0.75).
+- Initialisation is not given (the paper trained with DistBelief); Glorot uniform, biases 0.
+- The final 7x7/1 average pool is written as global average pooling (`AdaptiveAvgPool2d(1)`),
+  the same at 224 and defined at other sizes. The auxiliary 5x5/3 pools give 4 x 4 only for
+  14 x 14 maps, so in this layout `forward_with_aux` needs 14 x 14 maps at 4a and 4d (a 224
+  input); `forward` runs at other sizes.
+- ReLUs are not in-place, so hooks see each layer's output unmodified.
+
+layout="torchvision" is torchvision's GoogLeNet: batch norm (eps 1e-3) after every conv and no
+conv bias (`BasicConv2d`), a 3x3 conv where the paper has the 5x5 branch's 5x5 (a known
+torchvision deviation, pytorch/vision#906), no LRN, a 2x2/2 fourth max-pool, adaptive 4 x 4
+auxiliary pools, dropout 0.2, truncated-normal init. Parameter names are torchvision's, so
+`torchvision.models.googlenet(aux_logits=True).state_dict()` loads strictly. We never apply
+torchvision's `transform_input`: ours is its `transform_input=False`; for torchvision's
+pretrained weights (which expect it), normalise inputs with mean 0.5 and std 0.5 per channel.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import NamedTuple
+
+import torch
+from torch import Tensor, nn
+
+from cnnlab.models.alexnet import local_response_norm
+from cnnlab.models.registry import Reported, check_choice, register_model
+
+__all__ = [
+    "AUX_LOSS_WEIGHT",
+    "INCEPTION",
+    "BasicConv2d",
+    "ConvReLU",
+    "GoogLeNet",
+    "GoogLeNetOutputs",
+    "Inception",
+    "InceptionAux",
+    "InceptionWidths",
+    "googlenet",
+]
+
+LAYOUTS = ("paper", "torchvision")
+
+# Section 5: "their loss gets added to the total loss of the network with a discount weight
+# (the losses of the auxiliary classifiers were weighted by 0.3)".
+AUX_LOSS_WEIGHT = 0.3
+
+
+class GoogLeNetOutputs(NamedTuple):
+    """What `GoogLeNet.forward_with_aux` returns: the main logits and the auxiliary ones."""
+
+    logits: Tensor
+    aux1: Tensor  # classifier on inception 4a
+    aux2: Tensor  # classifier on inception 4d
+
+
+@dataclass(frozen=True)
+class InceptionWidths:
+    """One row of Table 1: the filters of each branch of an inception module."""
+
+    ch1x1: int
+    ch3x3red: int
+    ch3x3: int
+    ch5x5red: int
+    ch5x5: int
+    pool_proj: int
+
+    @property
+    def out_channels(self) -> int:
+        """Channels of the concatenated output."""
+        return self.ch1x1 + self.ch3x3 + self.ch5x5 + self.pool_proj
+
+
+# Szegedy et al. 2014, Table 1.
+# fmt: off
+INCEPTION: dict[str, InceptionWidths] = {
+    #                    #1x1  #3x3red  #3x3  #5x5red  #5x5  pool proj    output
+    "3a": InceptionWidths(64,   96,     128,   16,      32,    32),     # 256
+    "3b": InceptionWidths(128,  128,    192,   32,      96,    64),     # 480
+    "4a": InceptionWidths(192,  96,     208,   16,      48,    64),     # 512
+    "4b": InceptionWidths(160,  112,    224,   24,      64,    64),     # 512
+    "4c": InceptionWidths(128,  128,    256,   24,      64,    64),     # 512
+    "4d": InceptionWidths(112,  144,    288,   32,      64,    64),     # 528
+    "4e": InceptionWidths(256,  160,    320,   32,      128,   128),    # 832
+    "5a": InceptionWidths(256,  160,    320,   32,      128,   128),    # 832
+    "5b": InceptionWidths(384,  192,    384,   48,      128,   128),    # 1024
+}
+# fmt: on
+
+
+class ConvReLU(nn.Module):
+    """Conv with bias, then ReLU: the paper's unit ("All the convolutions ... use rectified
+    linear activation", section 5)."""
+
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        kernel_size: int,
+        stride: int = 1,
+        padding: int = 0,
+    ) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(in_channels, out_channels, kernel_size, stride, padding)
+        self.relu = nn.ReLU()
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.relu(self.conv(x))
+
+
+class BasicConv2d(nn.Module):
+    """Conv without bias, batch norm (eps 1e-3), ReLU: torchvision's unit, its names."""
+
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        kernel_size: int,
+        stride: int = 1,
+        padding: int = 0,
+    ) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(in_channels, out_channels, kernel_size, stride, padding, bias=False)
+        self.bn = nn.BatchNorm2d(out_channels, eps=0.001)
+        self.relu = nn.ReLU()
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.relu(self.bn(self.conv(x)))
+
+
+ConvBlock = Callable[..., nn.Module]
+
+
+class Inception(nn.Module):
+    """Four branches concatenated along channels (Fig. 2b): 1x1; 1x1 then 3x3; 1x1 then 5x5;
+    3x3 max-pool then 1x1 projection."""
+
+    def __init__(
+        self,
+        in_channels: int,
+        widths: InceptionWidths,
+        conv_block: ConvBlock = ConvReLU,
+        kernel_5x5: int = 5,
+    ) -> None:
+        super().__init__()
+        w = widths
+        self.branch1 = conv_block(in_channels, w.ch1x1, 1)
+        self.branch2 = nn.Sequential(
+            conv_block(in_channels, w.ch3x3red, 1),
+            conv_block(w.ch3x3red, w.ch3x3, 3, padding=1),
+        )
+        # kernel_5x5 is 5 in the paper, 3 in torchvision's layout (pytorch/vision#906).
+        self.branch3 = nn.Sequential(
+            conv_block(in_channels, w.ch5x5red, 1),
+            conv_block(w.ch5x5red, w.ch5x5, kernel_5x5, padding=kernel_5x5 // 2),
+        )
+        self.branch4 = nn.Sequential(
+            nn.MaxPool2d(kernel_size=3, stride=1, padding=1, ceil_mode=True),
+            conv_block(in_channels, w.pool_proj, 1),
+        )
+
+    def forward(self, x: Tensor) -> Tensor:
+        branches = [self.branch1(x), self.branch2(x), self.branch3(x), self.branch4(x)]
+        return torch.cat(branches, dim=1)
+
+
+class InceptionAux(nn.Module):
+    """Auxiliary classifier (section 5): average pool to 4 x 4, 1x1 conv 128, fc 1024 with ReLU,
+    dropout 0.7, linear to the classes."""
+
+    def __init__(
+        self,
+        in_channels: int,
+        num_classes: int,
+        conv_block: ConvBlock = ConvReLU,
+        pool: nn.Module | None = None,
+    ) -> None:
+        super().__init__()
+        # The paper's 5x5 average pool of stride 3 takes 14 x 14 to 4 x 4.
+        self.pool = nn.AvgPool2d(kernel_size=5, stride=3) if pool is None else pool
+        self.conv = conv_block(in_channels, 128, 1)
+        self.fc1 = nn.Linear(128 * 4 * 4, 1024)
+        self.relu = nn.ReLU()
+        self.dropout = nn.Dropout(p=0.7)
+        self.fc2 = nn.Linear(1024, num_classes)
+
+    def forward(self, x: Tensor) -> Tensor:
+        # N x 512 (4a) or 528 (4d) x 14 x 14
+        x = self.pool(x)
+        # N x C x 4 x 4
+        x = self.conv(x)
+        # N x 128 x 4 x 4
+        x = torch.flatten(x, 1)
+        x = self.dropout(self.relu(self.fc1(x)))
+        return self.fc2(x)
+
+
+class GoogLeNet(nn.Module):
+    """Stem, inception 3a..5b, global average pool, dropout, `fc`; auxiliary `aux1`, `aux2`.
+
+    Args:
+        num_classes: outputs of the main and the auxiliary classifiers.
+        layout: "paper" or "torchvision" (see the module docstring).
+    """
+
+    def __init__(self, num_classes: int = 1000, layout: str = "paper") -> None:
+        super().__init__()
+        check_choice("layout", layout, LAYOUTS)
+        paper = layout == "paper"
+        conv: ConvBlock = ConvReLU if paper else BasicConv2d
+        k5 = 5 if paper else 3
+
+        # Stem, Fig. 3.
+        self.conv1 = conv(3, 64, 7, stride=2, padding=3)
+        self.maxpool1 = nn.MaxPool2d(3, stride=2, ceil_mode=True)
+        self.lrn1 = local_response_norm() if paper else nn.Identity()
+        self.conv2 = conv(64, 64, 1)
+        self.conv3 = conv(64, 192, 3, padding=1)
+        self.lrn2 = local_response_norm() if paper else nn.Identity()
+        self.maxpool2 = nn.MaxPool2d(3, stride=2, ceil_mode=True)
+
+        self.inception3a = Inception(192, INCEPTION["3a"], conv, k5)
+        self.inception3b = Inception(256, INCEPTION["3b"], conv, k5)
+        self.maxpool3 = nn.MaxPool2d(3, stride=2, ceil_mode=True)
+
+        self.inception4a = Inception(480, INCEPTION["4a"], conv, k5)
+        self.inception4b = Inception(512, INCEPTION["4b"], conv, k5)
+        self.inception4c = Inception(512, INCEPTION["4c"], conv, k5)
+        self.inception4d = Inception(512, INCEPTION["4d"], conv, k5)
+        self.inception4e = Inception(528, INCEPTION["4e"], conv, k5)
+        # Table 1 has a 3x3/2 max-pool here; torchvision a 2x2/2 one (the same 14 -> 7).
+        self.maxpool4 = nn.MaxPool2d(3 if paper else 2, stride=2, ceil_mode=True)
+
+        self.inception5a = Inception(832, INCEPTION["5a"], conv, k5)
+        self.inception5b = Inception(832, INCEPTION["5b"], conv, k5)
+
+        self.aux1 = InceptionAux(512, num_classes, conv, None if paper else nn.AdaptiveAvgPool2d(4))
+        self.aux2 = InceptionAux(528, num_classes, conv, None if paper else nn.AdaptiveAvgPool2d(4))
+
+        self.avgpool = nn.AdaptiveAvgPool2d((1, 1))
+        self.dropout = nn.Dropout(p=0.4 if paper else 0.2)
+        self.fc = nn.Linear(1024, num_classes)
+
+        if paper:
+            _init_glorot(self)
+        else:
+            _init_torchvision(self)
+
+    def forward(self, x: Tensor) -> Tensor:
+        """Logits of the main classifier, in training and in eval mode alike."""
+        x = self._stem_to_4a(x)
+        x = self._4b_to_4d(x)
+        return self._4e_to_logits(x)
+
+    def forward_with_aux(self, x: Tensor) -> GoogLeNetOutputs:
+        """Main and auxiliary logits, for the training loss (section 5).
+
+        The auxiliary classifiers run whenever this is called, whatever the mode (their dropout
+        follows it); `forward` never runs them.
+        """
+        x = self._stem_to_4a(x)
+        aux1 = self.aux1(x)
+        x = self._4b_to_4d(x)
+        aux2 = self.aux2(x)
+        return GoogLeNetOutputs(self._4e_to_logits(x), aux1, aux2)
+
+    def _stem_to_4a(self, x: Tensor) -> Tensor:
+        # N x 3 x 224 x 224
+        x = self.maxpool1(self.conv1(x))
+        # N x 64 x 56 x 56
+        x = self.lrn1(x)
+        x = self.conv3(self.conv2(x))
+        # N x 192 x 56 x 56
+        x = self.maxpool2(self.lrn2(x))
+        # N x 192 x 28 x 28
+        x = self.inception3b(self.inception3a(x))
+        # N x 480 x 28 x 28
+        x = self.maxpool3(x)
+        # N x 480 x 14 x 14
+        return self.inception4a(x)  # N x 512 x 14 x 14
+
+    def _4b_to_4d(self, x: Tensor) -> Tensor:
+        x = self.inception4c(self.inception4b(x))
+        return self.inception4d(x)  # N x 528 x 14 x 14
+
+    def _4e_to_logits(self, x: Tensor) -> Tensor:
+        x = self.inception4e(x)
+        # N x 832 x 14 x 14
+        x = self.maxpool4(x)
+        # N x 832 x 7 x 7
+        x = self.inception5b(self.inception5a(x))
+        # N x 1024 x 7 x 7
+        x = torch.flatten(self.avgpool(x), 1)
+        x = self.dropout(x)
+        return self.fc(x)
+
+
+def _init_glorot(model: nn.Module) -> None:
+    for m in model.modules():
+        if isinstance(m, nn.Conv2d | nn.Linear):
+            nn.init.xavier_uniform_(m.weight)
+            nn.init.zeros_(m.bias)
+
+
+def _init_torchvision(model: nn.Module) -> None:
+    # torchvision.models.GoogLeNet.__init__ with init_weights=True (linear biases keep
+    # PyTorch's default there too).
+    for m in model.modules():
+        if isinstance(m, nn.Conv2d | nn.Linear):
+            nn.init.trunc_normal_(m.weight, mean=0.0, std=0.01, a=-2, b=2)
+        elif isinstance(m, nn.BatchNorm2d):
+            nn.init.ones_(m.weight)
+            nn.init.zeros_(m.bias)
+
+
+@register_model(
+    "googlenet",
+    family="googlenet",
+    paper="Szegedy et al. 2014, arXiv:1409.4842",
+    input_size=224,
+    params=13_378_280,
+    macs=1_582_671_872,
+    reported=(
+        Reported("ImageNet top-5 val error (%)", 10.07, "Table 3 (1 model, 1 crop)"),
+        Reported("ImageNet top-5 test error (%)", 6.67, "Table 2 (7 models, 144 crops)"),
+    ),
+    layouts=LAYOUTS,
+    notes=(
+        "params include the two auxiliary classifiers (training only); "
+        "multiply-adds are forward()'s, without them."
+    ),
+)
+def googlenet(num_classes: int = 1000, layout: str = "paper") -> GoogLeNet:
+    """GoogLeNet as published (true 5x5 convs, LRN) or torchvision's batch-norm variant."""
+    return GoogLeNet(num_classes=num_classes, layout=layout)

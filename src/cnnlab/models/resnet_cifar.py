@@ -1,0 +1,172 @@
+"""Deep residual networks for CIFAR-10 (He et al. 2015, arXiv:1512.03385, section 4.2).
+
+A 3x3 stem of 16 filters, three stages of n basic blocks (widths 16, 32, 64 on 32, 16, 8 pixel
+maps; the first conv of stages 2 and 3 has stride 2), global average pooling and a linear
+layer: 6n + 2 weighted layers, 3n shortcuts. 32x32 input.
+
+    model       n     params       MACs            paper error (Table 6)
+    resnet20    3        269,722      40,551,040   8.75
+    resnet32    5        464,154      68,862,592   7.51
+    resnet44    7        658,586      97,174,144   7.17
+    resnet56    9        853,018     125,485,696   6.97
+    resnet110   18     1,727,962     252,887,680   6.43 (best of 5 runs)
+    resnet1202  200   19,421,274   2,829,238,912   7.93
+
+Parameters for 10 classes, with option A; MACs (multiply-adds of convs and fc) for one 32x32
+image. The paper's parameter counts (0.27M, 0.46M, 0.66M, 0.85M, 1.7M, 19.4M) are these, rounded.
+For ResNet-110 Table 6 gives the best of 5 runs and, in brackets, their mean 6.61 +- 0.16.
+The plain nets `plain20` .. `plain110` are the same stacks without shortcuts; the paper shows
+them in Fig. 6 (left) as training curves only, so their cards report no number.
+
+Options: `shortcut="A"` (default: "On this dataset we use identity shortcuts in all cases
+(i.e., option A)", so residual and plain nets have the same parameters) or "B" (projections
+where shapes change, the ImageNet default; not a CIFAR experiment of the paper).
+
+Deviations from the paper: none by default. The blocks are the ImageNet `BasicBlock` of
+`cnnlab.models.resnet`; the fc layer keeps PyTorch's default init.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+from torch import Tensor, nn
+
+from cnnlab.models.layers import conv3x3, init_he
+from cnnlab.models.registry import Reported, check_choice, register_model
+from cnnlab.models.resnet import BasicBlock, make_stage
+
+__all__ = [
+    "CIFAR_SHORTCUTS",
+    "CifarResNet",
+    "plain20",
+    "plain32",
+    "plain44",
+    "plain56",
+    "plain110",
+    "resnet20",
+    "resnet32",
+    "resnet44",
+    "resnet56",
+    "resnet110",
+    "resnet1202",
+]
+
+CIFAR_SHORTCUTS = ("A", "B")
+STAGE_WIDTHS = (16, 32, 64)
+
+
+class CifarResNet(nn.Module):
+    """The 6n+2-layer CIFAR-10 network of section 4.2; `shortcut=None` gives the plain net.
+
+    Args:
+        n: basic blocks per stage.
+        num_classes: outputs of the final linear layer.
+        shortcut: "A" or "B", or None for a plain network.
+    """
+
+    def __init__(self, n: int, num_classes: int = 10, shortcut: str | None = "A") -> None:
+        super().__init__()
+        if shortcut is not None:
+            check_choice("shortcut", shortcut, CIFAR_SHORTCUTS)
+        self.conv1 = conv3x3(3, 16)
+        self.bn1 = nn.BatchNorm2d(16)
+        self.relu = nn.ReLU(inplace=True)
+        self.layer1 = make_stage(BasicBlock, 16, 16, n, 1, shortcut)
+        self.layer2 = make_stage(BasicBlock, 16, 32, n, 2, shortcut)
+        self.layer3 = make_stage(BasicBlock, 32, 64, n, 2, shortcut)
+        self.avgpool = nn.AdaptiveAvgPool2d((1, 1))
+        self.fc = nn.Linear(64, num_classes)
+        init_he(self)
+
+    def forward(self, x: Tensor) -> Tensor:
+        x = self.relu(self.bn1(self.conv1(x)))  # N x 16 x 32 x 32
+        x = self.layer1(x)  # N x 16 x 32 x 32
+        x = self.layer2(x)  # N x 32 x 16 x 16
+        x = self.layer3(x)  # N x 64 x 8 x 8
+        x = torch.flatten(self.avgpool(x), 1)
+        return self.fc(x)
+
+
+def _resnet(n: int, num_classes: int, shortcut: str) -> CifarResNet:
+    check_choice("shortcut", shortcut, CIFAR_SHORTCUTS)  # None would silently build a plain net
+    return CifarResNet(n, num_classes=num_classes, shortcut=shortcut)
+
+
+PAPER = "He et al. 2015, arXiv:1512.03385"
+ERROR = "CIFAR-10 test error (%)"
+PLAIN_NOTE = "Fig. 6 (left) shows this plain net's curves; the paper gives no table figure."
+
+
+def _card(
+    name: str, params: int, macs: int, error: float | None, source: str = "Table 6"
+) -> Callable[[Callable[..., nn.Module]], Callable[..., nn.Module]]:
+    """register_model with what all the CIFAR cards share."""
+    plain = name.startswith("plain")
+    return register_model(
+        name,
+        family="plain-cifar" if plain else "resnet-cifar",
+        paper=PAPER,
+        input_size=32,
+        num_classes=10,
+        params=params,
+        macs=macs,
+        reported=() if error is None else (Reported(ERROR, error, source),),
+        notes=PLAIN_NOTE if plain else "",
+    )
+
+
+@_card("resnet20", 269_722, 40_551_040, 8.75)
+def resnet20(num_classes: int = 10, shortcut: str = "A") -> CifarResNet:
+    return _resnet(3, num_classes, shortcut)
+
+
+@_card("resnet32", 464_154, 68_862_592, 7.51)
+def resnet32(num_classes: int = 10, shortcut: str = "A") -> CifarResNet:
+    return _resnet(5, num_classes, shortcut)
+
+
+@_card("resnet44", 658_586, 97_174_144, 7.17)
+def resnet44(num_classes: int = 10, shortcut: str = "A") -> CifarResNet:
+    return _resnet(7, num_classes, shortcut)
+
+
+@_card("resnet56", 853_018, 125_485_696, 6.97)
+def resnet56(num_classes: int = 10, shortcut: str = "A") -> CifarResNet:
+    return _resnet(9, num_classes, shortcut)
+
+
+@_card("resnet110", 1_727_962, 252_887_680, 6.43, "Table 6 (best of 5 runs; mean 6.61 +- 0.16)")
+def resnet110(num_classes: int = 10, shortcut: str = "A") -> CifarResNet:
+    return _resnet(18, num_classes, shortcut)
+
+
+@_card("resnet1202", 19_421_274, 2_829_238_912, 7.93)
+def resnet1202(num_classes: int = 10, shortcut: str = "A") -> CifarResNet:
+    return _resnet(200, num_classes, shortcut)
+
+
+@_card("plain20", 269_722, 40_551_040, None)
+def plain20(num_classes: int = 10) -> CifarResNet:
+    return CifarResNet(3, num_classes=num_classes, shortcut=None)
+
+
+@_card("plain32", 464_154, 68_862_592, None)
+def plain32(num_classes: int = 10) -> CifarResNet:
+    return CifarResNet(5, num_classes=num_classes, shortcut=None)
+
+
+@_card("plain44", 658_586, 97_174_144, None)
+def plain44(num_classes: int = 10) -> CifarResNet:
+    return CifarResNet(7, num_classes=num_classes, shortcut=None)
+
+
+@_card("plain56", 853_018, 125_485_696, None)
+def plain56(num_classes: int = 10) -> CifarResNet:
+    return CifarResNet(9, num_classes=num_classes, shortcut=None)
+
+
+@_card("plain110", 1_727_962, 252_887_680, None)
+def plain110(num_classes: int = 10) -> CifarResNet:
+    return CifarResNet(18, num_classes=num_classes, shortcut=None)
