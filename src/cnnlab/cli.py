@@ -3,6 +3,7 @@
 cnnlab models [PATTERN]
 cnnlab summary MODEL [--input-size N] [--json]
 cnnlab visualize filters|activations|deconv|curves ...
+cnnlab experiment degradation|depth|shortcuts --out DIR [--budget F] [--seeds N]
 """
 
 from __future__ import annotations
@@ -94,6 +95,19 @@ def _cmd_visualize(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_experiment(args: argparse.Namespace) -> int:
+    from cnnlab.experiments import run_experiment
+
+    report = run_experiment(
+        args.name, args.data, args.out, budget=args.budget, steps=args.steps, seeds=args.seeds,
+        recipe=args.recipe, precision=args.precision, batch_size=args.batch_size,
+        limit_train=args.limit_train, limit_test=args.limit_test, device=args.device,
+        compile=args.compile, progress=not args.quiet,
+    )  # fmt: skip
+    print(f"wrote {report}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="cnnlab",
@@ -114,7 +128,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     # -- subcommands of cnnlab.train are registered below (train, eval, predict) --
     p = sub.add_parser("train", help="train a network; a run folder records everything")
-    p.add_argument("model")
+    p.add_argument("model", help="a registered name (see `cnnlab models`), e.g. resnet20")
     p.add_argument("--data", default="cifar10", help="cifar10 (default), cifar100 or a path")
     p.add_argument("--out", required=True, help="run folder: config, metrics, checkpoints")
     p.add_argument("--recipe", default="fast", choices=("he2015", "fast"), help="default: fast")
@@ -177,7 +191,7 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument("--data", default="cifar10", help="cifar10 (default), cifar100 or a path")
     v.add_argument("--split", default="test", help="default: test")
     v.add_argument("--limit", type=int, default=2000,
-                   help="images searched, spread over the split (default 2000; 0: all)")  # fmt: skip
+                   help="images searched, spread over the split (0: all)")  # fmt: skip
     v.add_argument("--top", type=int, default=9, help="images per channel (default: 9)")
     v.add_argument("--out", default="deconv.png", help="PNG file (default: deconv.png)")
     v = vis.add_parser("curves", help="training (dashed) and test (bold) error of runs")
@@ -185,6 +199,30 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument("--title", default="", help="figure title")
     v.add_argument("--out", default="curves.png", help="PNG file (default: curves.png)")
     p.set_defaults(func=_cmd_visualize)
+
+    # -- cnnlab experiment: the papers' CIFAR-10 experiments (cnnlab.experiments) --
+    from cnnlab.experiments.definitions import EXPERIMENTS
+
+    p = sub.add_parser("experiment", help="reproduce a paper experiment: runs, figures, report.md")
+    p.add_argument("name", choices=tuple(EXPERIMENTS))
+    p.add_argument("--data", default="cifar10", help="cifar10 (default), cifar100 or a path")
+    p.add_argument("--out", required=True, help="experiment folder (rerun it to resume)")
+    length = p.add_mutually_exclusive_group()
+    length.add_argument(
+        "--budget", type=float, help="fraction of the recipe's steps (he2015: of 64k; default 1)"
+    )
+    length.add_argument("--steps", type=int, help="optimizer steps per run instead")
+    p.add_argument("--seeds", type=int, default=1, help="runs per network (default: 1)")
+    p.add_argument("--recipe", default="he2015", choices=("he2015", "fast"),
+                   help="default: he2015, the paper's")  # fmt: skip
+    p.add_argument("--precision", choices=("fp32", "bf16"), help="default: the recipe's")
+    p.add_argument("--batch-size", type=int, help="default: the recipe's")
+    p.add_argument("--limit-train", type=int, help="train on this many images (default: all)")
+    p.add_argument("--limit-test", type=int, help="test on this many images (default: all)")
+    p.add_argument("--device", help="cpu, cuda, cuda:N (default: the GPU if any)")
+    p.add_argument("--compile", action="store_true", help="torch.compile the training step")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress bars or run lines")
+    p.set_defaults(func=_cmd_experiment)
 
     return parser
 

@@ -27,7 +27,7 @@ SPLITS = ("train", "test", "train45k", "val5k")
 VAL_EVERY = 10
 
 
-class DataError(Exception):
+class DataError(ValueError):
     """A dataset that cannot be read as asked; the message is one line, fit for a user."""
 
 

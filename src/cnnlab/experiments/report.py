@@ -1,0 +1,484 @@
+"""The report of an experiment: report.md and its PNG figures, read from the run folders alone.
+
+    DIR/report.md             settings, the table (ours against the papers), the findings
+    DIR/curves.png            training (dashed) and test (bold) error, one panel per group of
+                              runs, side by side (He et al. 2015, Fig. 6 left and middle)
+    DIR/error-vs-depth.png    final error against depth, with the paper's numbers (Table 6)
+
+Links in report.md are relative, so the folder can be copied elsewhere (docs/results/) whole.
+
+Numbers: the test error of the final weights (no model selection), and the training error
+over the last 5% of steps (the running error of the augmented mini-batches that the paper's
+dashed curves show). Over several seeds: mean and sample standard deviation (n - 1); the
+curves are the mean curves. A finding is stated from the means; where the difference is
+within one standard deviation, the report says so.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+import statistics
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+from PIL import Image
+
+from cnnlab.analysis.plots import DPI, RunCurves, curves_figure, read_run
+from cnnlab.experiments.definitions import Claim, Experiment, RunSpec
+from cnnlab.models.registry import Reported, list_models
+from cnnlab.train.recipes import Recipe, get_recipe
+from cnnlab.train.schedules import model_depth
+
+__all__ = [
+    "RESULT_FILE",
+    "RunSummary",
+    "Settings",
+    "Stat",
+    "claim_sentence",
+    "final_train_error",
+    "mean_curves",
+    "mean_std",
+    "plot_depth",
+    "plot_panels",
+    "run_dir",
+    "summarize",
+    "write_report",
+]
+
+RESULT_FILE = "result.json"  # in a run folder, written atomically when the run has ended
+TRAIN_WINDOW = 0.05  # the final training error is averaged over this fraction of the steps
+METRIC_WORDS = {"test": "test", "train": "training"}
+
+
+@dataclass(frozen=True)
+class Settings:
+    """What an experiment was asked for; the report states it."""
+
+    data: str
+    recipe: Recipe
+    budget: float | None  # None: a number of steps was given instead
+    seeds: int
+    limit_train: int | None = None
+    limit_test: int | None = None
+
+
+def run_dir(out: str | Path, spec: RunSpec, seed: int) -> Path:
+    """The run folder of a seed of a run: DIR/runs/<model>[-<option>]-s<seed>."""
+    return Path(out) / "runs" / f"{spec.name}-s{seed}"
+
+
+@dataclass(frozen=True)
+class Stat:
+    """Mean and sample standard deviation (None for one value) of n values, in percent."""
+
+    mean: float
+    std: float | None
+    n: int
+
+    def text(self) -> str:
+        return f"{self.mean:.2f}" if self.std is None else f"{self.mean:.2f} ± {self.std:.2f}"
+
+
+def mean_std(values: Sequence[float]) -> Stat | None:
+    """The mean and sample standard deviation (n - 1) of `values`; None when there are none."""
+    values = [float(v) for v in values if v is not None and math.isfinite(v)]
+    if not values:
+        return None
+    std = statistics.stdev(values) if len(values) > 1 else None
+    return Stat(statistics.fmean(values), std, len(values))
+
+
+def final_train_error(curves: RunCurves, steps: int, window: float = TRAIN_WINDOW) -> float:
+    """The training error over the last `window` of `steps` (each logged interval weighted by
+    its number of steps).
+
+    Raises:
+        ValueError: the curves hold no training error.
+    """
+    if not curves.train_steps:
+        raise ValueError(f"{curves.name}: no training error recorded")
+    last = curves.train_steps[-1]
+    start = last - max(1.0, window * steps)
+    total = weight_sum = 0.0
+    previous = 0
+    for step, error in zip(curves.train_steps, curves.train_error, strict=True):
+        if step > start:
+            weight = step - max(previous, start)
+            total += weight * error
+            weight_sum += weight
+        previous = step
+    return total / weight_sum
+
+
+def mean_curves(runs: Sequence[RunCurves], name: str) -> RunCurves:
+    """The mean of several seeds' curves, step by step; the first seed's where steps differ."""
+    first = runs[0]
+    same = all((r.train_steps, r.test_steps) == (first.train_steps, first.test_steps) for r in runs)
+    if not same:
+        return RunCurves(name, first.train_steps, first.train_error, first.test_steps,
+                         first.test_error, first.test_split)  # fmt: skip
+
+    def mean(series: Sequence[tuple[float, ...]]) -> tuple[float, ...]:
+        return tuple(float(v) for v in np.mean(np.array(series, dtype=float), axis=0))
+
+    return RunCurves(
+        name,
+        first.train_steps,
+        mean([r.train_error for r in runs]) if first.train_steps else (),
+        first.test_steps,
+        mean([r.test_error for r in runs]) if first.test_steps else (),
+        first.test_split,
+    )
+
+
+@dataclass(frozen=True)
+class RunSummary:
+    """One row of the report: a run of the experiment over its seeds."""
+
+    spec: RunSpec
+    registered: bool
+    test: Stat | None  # final test error over the finished seeds
+    train: Stat | None  # final training error over the finished seeds
+    finished: int
+    diverged: int
+    wall_s: float  # summed over the seeds, as the runs recorded it (resumes included)
+    paper: Reported | None
+    curves: RunCurves | None  # mean over the finished seeds
+    configs: tuple[dict[str, Any], ...]  # config.json of each ended seed
+    machines: tuple[str, ...]  # where each ended seed ran
+
+
+def summarize(exp: Experiment, out: str | Path, seeds: int) -> list[RunSummary]:
+    """Read the ended runs (result.json) of seeds 0 .. seeds - 1 of each run of `exp`."""
+    registered = set(list_models())
+    rows = []
+    for spec in exp.runs:
+        results, curves, configs, machines = [], [], [], []
+        for seed in range(seeds):
+            folder = run_dir(out, spec, seed)
+            if not (folder / RESULT_FILE).exists():
+                continue
+            result = json.loads((folder / RESULT_FILE).read_text())
+            results.append(result)
+            if (folder / "config.json").exists():
+                configs.append(json.loads((folder / "config.json").read_text()))
+                machines.append(_machine(configs[-1], result))
+            if result["status"] == "finished":
+                curves.append(read_run(folder, spec.name))
+        finished = [r for r in results if r["status"] == "finished"]
+        num_classes = len(configs[0]["classes"]) if configs else 10
+        rows.append(
+            RunSummary(
+                spec=spec,
+                registered=spec.model in registered,
+                test=mean_std([r["test_error"] for r in finished]),
+                train=mean_std([r["train_error"] for r in finished]),
+                finished=len(finished),
+                diverged=len(results) - len(finished),
+                wall_s=sum(float(r.get("elapsed_s") or 0.0) for r in results),
+                paper=spec.paper(num_classes),
+                curves=mean_curves(curves, spec.name) if curves else None,
+                configs=tuple(configs),
+                machines=tuple(machines),
+            )
+        )
+    return rows
+
+
+def claim_sentence(
+    claim: Claim,
+    ours: Mapping[str, Mapping[str, Stat | None]],
+    absent: Mapping[str, str] | None = None,
+) -> str:
+    """Whether a finding held, from the final errors.
+
+    Args:
+        claim: the finding.
+        ours: run name -> {"test": Stat, "train": Stat}.
+        absent: run name -> why it has no result ("not registered"), for the sentence.
+    """
+    word = METRIC_WORDS[claim.metric]
+    a = ours.get(claim.run, {}).get(claim.metric)
+    b = ours.get(claim.other, {}).get(claim.metric)
+    if a is None or b is None:
+        missing = [n for n, s in ((claim.run, a), (claim.other, b)) if s is None]
+        why = "; ".join(f"{n} {(absent or {}).get(n, 'has no finished run')}" for n in missing)
+        return f"{claim.run} vs {claim.other}: not compared ({why}); {claim.finding} unchecked."
+    relation = "the same" if a.mean == b.mean else "lower" if a.mean < b.mean else "higher"
+    held = relation == claim.relation
+    numbers = f"{a.mean:.2f}% vs {b.mean:.2f}%"
+    sentence = (
+        f"{claim.run} ended with {relation} {word} error "
+        f"{'as' if relation == 'the same' else 'than'} {claim.other} ({numbers}): "
+        f"{claim.finding} ({claim.source}) {'held' if held else 'did not hold'} at this budget"
+    )
+    spreads = [s.std for s in (a, b) if s.std is not None]
+    if relation != "the same" and spreads and abs(a.mean - b.mean) <= max(spreads):
+        sentence += ", though the difference is within one standard deviation over seeds"
+    return sentence + "."
+
+
+# -- figures ---------------------------------------------------------------------------------
+
+
+def _render(fig: Figure) -> np.ndarray:
+    fig.canvas.draw()
+    return np.asarray(fig.canvas.buffer_rgba())[..., :3]
+
+
+def plot_panels(panels: Sequence[tuple[str, Sequence[RunCurves]]], path: Path) -> Path:
+    """Curve figures (`plots.curves_figure`) side by side on a common error axis, as one PNG."""
+    figures = [curves_figure(runs, title) for title, runs in panels]
+    top = max(fig.axes[0].get_ylim()[1] for fig in figures)
+    right = max(fig.axes[0].get_xlim()[1] for fig in figures)
+    for fig in figures:
+        fig.axes[0].set_ylim(0, top)
+        fig.axes[0].set_xlim(0, right)
+    images = [_render(fig) for fig in figures]
+    height = max(im.shape[0] for im in images)
+    images = [np.pad(im, ((0, height - im.shape[0]), (0, 0), (0, 0)), constant_values=255)
+              for im in images]  # fmt: skip
+    Image.fromarray(np.concatenate(images, axis=1)).save(path, format="PNG")
+    return path
+
+
+def plot_depth(rows: Sequence[RunSummary], path: Path, title: str) -> Path:
+    """Final test (bold) and training (dashed) error against depth, per family of networks,
+    with the paper's test errors as open markers."""
+    families: dict[str, list[RunSummary]] = {}
+    for row in rows:
+        if model_depth(row.spec.model) is not None:
+            family = re.sub(r"\d+$", "", row.spec.model) + "".join(
+                f"-{v}" for _, v in row.spec.options
+            )
+            families.setdefault(family, []).append(row)
+    fig = Figure(figsize=(7.0, 4.6), dpi=DPI)
+    FigureCanvasAgg(fig)
+    ax = fig.subplots()
+    for i, (family, members) in enumerate(families.items()):
+        color = f"C{i % 10}"
+        members = sorted(members, key=lambda r: model_depth(r.spec.model) or 0)
+        tested = [r for r in members if r.test is not None]
+        trained = [r for r in members if r.train is not None]
+        papers = [r for r in members if r.paper is not None]
+        if tested:
+            ax.errorbar(
+                [model_depth(r.spec.model) for r in tested],
+                [r.test.mean for r in tested],
+                yerr=[r.test.std or 0.0 for r in tested],
+                color=color, linewidth=2.4, marker="o", capsize=3, label=f"{family}: ours, test",
+            )  # fmt: skip
+        if trained:
+            ax.plot(
+                [model_depth(r.spec.model) for r in trained],
+                [r.train.mean for r in trained],
+                "--", color=color, linewidth=1.0, marker=".", label=f"{family}: ours, training",
+            )  # fmt: skip
+        if papers:
+            ax.plot(
+                [model_depth(r.spec.model) for r in papers],
+                [r.paper.value for r in papers],
+                ":", color=color, marker="o", markerfacecolor="white",
+                label=f"{family}: paper, test",
+            )  # fmt: skip
+    if not ax.lines:
+        raise ValueError("no run with a depth and a result to plot")
+    ax.set_xlabel("depth (weighted layers)")
+    ax.set_ylabel("final error (%)")
+    ax.set_ylim(bottom=0)
+    ax.set_xticks(sorted({model_depth(r.spec.model) for m in families.values() for r in m}))
+    ax.grid(True, alpha=0.3)
+    handles, labels = ax.get_legend_handles_labels()  # by family: errorbars come last otherwise
+    pairs = sorted(zip(labels, handles, strict=True), key=lambda p: p[0])
+    ax.legend([h for _, h in pairs], [label for label, _ in pairs], fontsize=8)
+    ax.set_title(title, fontsize=11)
+    fig.tight_layout()
+    fig.savefig(path, format="png", dpi=DPI)
+    return path
+
+
+# -- report.md -------------------------------------------------------------------------------
+
+
+def _duration(seconds: float) -> str:
+    if seconds < 60:
+        return f"{seconds:.1f} s" if seconds < 10 else f"{seconds:.0f} s"
+    seconds = round(seconds)
+    minutes, s = divmod(seconds, 60)
+    if minutes < 60:
+        return f"{minutes}m {s:02d}s"
+    hours, m = divmod(minutes, 60)
+    return f"{hours}h {m:02d}m"
+
+
+def _schedule(recipe: Recipe) -> str:
+    if recipe.schedule == "step":
+        at = ", ".join(f"{m:,}" for m in recipe.lr_milestones) or "no step"
+        text = f"lr {recipe.lr:g}, times {recipe.lr_gamma:g} at steps {at}"
+    else:
+        text = f"lr {recipe.lr:g}, {recipe.schedule} decay to 0"
+    if recipe.warmup_steps:
+        text += f" after a {recipe.warmup_steps:,}-step warm-up"
+    if recipe.slow_start_lr is not None:
+        text += (
+            f"; {recipe.slow_start_lr:g} until the training error is below "
+            f"{100 * recipe.slow_start_until_error:.0f}% for {recipe.slow_start_min_depth}+ layers"
+        )
+    return text
+
+
+def _machine(config: Mapping[str, Any], result: Mapping[str, Any]) -> str:
+    """Where one run ran: "NVIDIA H100 (cuda:0), AMD EPYC 7R13 (16 CPUs), Linux-..., torch 2.x"."""
+    m, v = config.get("machine", {}), config.get("versions", {})
+    device = str(m.get("device", "?"))
+    # config.json names the GPU on a GPU and only the architecture on a CPU; result.json the CPU.
+    cpu = result.get("cpu") or m.get("device_name", "?")
+    parts = [] if device == "cpu" else [f"{m.get('device_name', '?')} ({device})"]
+    parts.append(f"{cpu} ({m.get('cpu_count', '?')} CPUs)")
+    if device == "cpu":
+        parts.append("trained on the CPU")
+    parts += [str(m.get("platform", "?")), f"torch {v.get('torch', '?')}"]
+    return ", ".join(parts)
+
+
+def _machines(rows: Sequence[RunSummary]) -> str:
+    seen = dict.fromkeys(m for row in rows for m in row.machines)  # in order, once each
+    return "; ".join(seen) or "no run ended yet"
+
+
+def _data_line(settings: Settings, rows: Sequence[RunSummary]) -> str:
+    configs = [c for r in rows for c in r.configs]
+    if not configs:
+        return f"{settings.data}"
+    c = configs[0]
+    train = f"{c['train_images']:,} training images"
+    if settings.limit_train:
+        train += f" (a fixed random subset, --limit-train {settings.limit_train})"
+    else:
+        train += " (the whole train split)"
+    test = f"{c['test_images']:,} test images"
+    if settings.limit_test:
+        test += f" (a fixed random subset, --limit-test {settings.limit_test})"
+    return f"{settings.data}: {train}, {test}, {len(c['classes'])} classes"
+
+
+def _ours(stat: Stat | None, row: RunSummary) -> str:
+    if not row.registered:
+        return "not registered"
+    text = stat.text() if stat is not None else "—"
+    if row.diverged:
+        text += f" ({row.diverged} diverged)"
+    return text
+
+
+def _paper(row: RunSummary) -> str:
+    if row.paper is not None:
+        return f"{row.paper.value:.2f} ({row.paper.source})"
+    return row.spec.note or "—"
+
+
+def write_report(exp: Experiment, out: str | Path, settings: Settings) -> Path:
+    """Write DIR/report.md and the figures from the run folders in `out`."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    rows = summarize(exp, out, settings.seeds)
+    recipe = settings.recipe
+    base = get_recipe(recipe.name).steps
+    seeds = f"{settings.seeds} (seeds 0 to {settings.seeds - 1})" if settings.seeds > 1 else "1"
+    budget = f"{recipe.steps / base:.4g}" if settings.budget is None else f"{settings.budget:g}"
+    wall = sum(r.wall_s for r in rows)
+    lines = [
+        f"# {exp.title}",
+        "",
+        f"Reproduces {exp.source}. Made by `cnnlab experiment {exp.name}`; every number below "
+        "is read from the run folders in `runs/`.",
+        "",
+        "| setting | value |",
+        "|---|---|",
+        f"| data | {_data_line(settings, rows)} |",
+        f"| recipe | {recipe.name}, from {recipe.source}; batch {recipe.batch_size}, "
+        f"{_schedule(recipe)}; {recipe.precision} |",
+        f"| budget | {budget} of the recipe's {base:,} iterations: {recipe.steps:,} steps |",
+        f"| seeds | {seeds} |",
+        f"| machine | {_machines(rows)} |",
+        f"| wall time | {_duration(wall)} in all (training and evaluation, summed over runs) |",
+        f"| written | {datetime.now(UTC).isoformat(timespec='seconds')} |",
+        "",
+        "## Results",
+        "",
+        "| run | paper: test error (%) | ours: test error (%) | ours: training error (%) "
+        "| seeds | wall time |",
+        "|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        lines.append(
+            f"| {r.spec.name} | {_paper(r)} | {_ours(r.test, r)} | {_ours(r.train, r)} "
+            f"| {r.finished} | {_duration(r.wall_s) if r.wall_s else '—'} |"
+        )
+    lines += [
+        "",
+        "Ours: the final weights' error, mean ± sample standard deviation over the seeds "
+        "(one number for one seed); training error over the last 5% of steps, on augmented "
+        "mini-batches. Trained on the training split and evaluated on the test split with no "
+        "model selection, as for the paper's Table 6 and the test curves of its Fig. 6 (the "
+        "paper used a 45k/5k split only to choose its schedule, section 4.2).",
+        "",
+        "## Findings",
+        "",
+    ]
+    ours = {r.spec.name: {"test": r.test, "train": r.train} for r in rows if r.test is not None}
+    absent = {r.spec.name: "is not registered" for r in rows if not r.registered}
+    lines += [f"- {claim_sentence(c, ours, absent)}" for c in exp.claims]
+    if recipe.steps < base:
+        lines += [
+            "",
+            f"At a budget of {budget} the networks train for a fraction of the paper's "
+            "schedule: compare the ordering of the rows and the shape of the curves, not the "
+            "numbers, with the paper's.",
+        ]
+    figures = _figures(exp, out, rows, settings.seeds)
+    if figures:
+        lines += ["", "## Figures", ""]
+        lines += [f"![{caption}]({path.name})\n\n{caption}\n" for path, caption in figures]
+    notes = list(exp.notes)
+    for r in rows:
+        if not r.registered:
+            paper = f" (paper: {_paper(r)})" if r.paper else ""
+            notes.append(f"{r.spec.model} is not registered in cnnlab, so it was not run{paper}.")
+    if notes:
+        lines += ["", "## Notes", "", *(f"- {n}" for n in notes)]
+    path = out / "report.md"
+    path.write_text("\n".join(lines).rstrip() + "\n")
+    return path
+
+
+def _figures(
+    exp: Experiment, out: Path, rows: Sequence[RunSummary], seeds: int
+) -> list[tuple[Path, str]]:
+    by_name = {r.spec.name: r for r in rows}
+    made = []
+    mean = f", mean of {seeds} seeds" if seeds > 1 else ""
+    for figure in exp.figures:
+        if figure == "curves":
+            panels = [
+                (panel.title + mean, [by_name[n].curves for n in panel.runs if by_name[n].curves])
+                for panel in exp.panels
+            ]
+            panels = [(t, runs) for t, runs in panels if runs]
+            if panels:
+                path = plot_panels(panels, out / "curves.png")
+                made.append((path, "Training (dashed) and test (bold) error against iterations."))
+        elif figure == "depth" and any(r.test is not None for r in rows):
+            title = f"final error against depth{mean}"
+            path = plot_depth(rows, out / "error-vs-depth.png", title)
+            made.append((path, "Final test (bold) and training (dashed) error against depth; "
+                               "open markers: the paper's test error."))  # fmt: skip
+    return made

@@ -1,0 +1,221 @@
+"""Top-1/top-5 error of a network on a dataset, and predictions for the user's own images.
+
+Inputs are normalised as in training, with the statistics of the training split the network
+was trained on (per-channel mean and std, or the per-pixel mean; stored in its checkpoint), on
+whole batches on the device. Errors are in percent.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import Tensor, nn
+
+from cnnlab.data import ArrayDataset, Normalize
+from cnnlab.models.registry import create_model
+from cnnlab.train.checkpoint import CheckpointError, load_checkpoint
+from cnnlab.train.distributed import DistEnv, all_reduce_sum, resolve_device
+
+__all__ = [
+    "EvalResult",
+    "Prediction",
+    "autocast",
+    "evaluate",
+    "evaluate_checkpoint",
+    "input_normalize",
+    "load_model",
+    "predict",
+]
+
+
+def input_normalize(
+    mean: Sequence[float] | Tensor, std: Sequence[float] | Tensor, device: torch.device
+) -> Normalize:
+    """cnnlab.data.Normalize from a checkpoint's statistics (per-channel or per-pixel mean)."""
+    return Normalize(
+        torch.as_tensor(mean, dtype=torch.float32), torch.as_tensor(std, dtype=torch.float32)
+    ).to(device)
+
+
+def autocast(device: torch.device, precision: str) -> contextlib.AbstractContextManager[object]:
+    """bfloat16 autocast for precision "bf16", nothing for "fp32"."""
+    if precision == "bf16":
+        return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+@dataclass(frozen=True)
+class EvalResult:
+    """Errors in percent over `images` images."""
+
+    top1_error: float
+    top5_error: float  # top-k with k = min(5, number of classes)
+    loss: float  # mean cross-entropy
+    images: int
+
+
+@torch.no_grad()
+def evaluate(
+    net: nn.Module,
+    data: ArrayDataset,
+    normalize: Normalize,
+    *,
+    device: torch.device,
+    batch_size: int = 500,
+    precision: str = "fp32",
+    memory_format: torch.memory_format = torch.contiguous_format,
+    env: DistEnv | None = None,
+) -> EvalResult:
+    """Top-1 and top-5 error of `net` (in eval mode) on `data`.
+
+    With several processes each evaluates a contiguous share of `data` and the counts are
+    summed, so every process gets the same result.
+    """
+    if batch_size < 1:
+        raise ValueError(f"batch size must be at least 1, got {batch_size}")
+    env = env or DistEnv()
+    n = len(data.labels)
+    lo, hi = n * env.rank // env.world_size, n * (env.rank + 1) // env.world_size
+    was_training = net.training
+    net.eval()
+    k = min(5, len(data.classes))
+    totals = torch.zeros(4, dtype=torch.float64, device=device)  # top1, topk, loss, images
+    for start in range(lo, hi, batch_size):
+        stop = min(hi, start + batch_size)
+        x = normalize(data.images[start:stop].to(device, non_blocking=True))
+        x = x.contiguous(memory_format=memory_format)
+        y = data.labels[start:stop].to(device, non_blocking=True)
+        with autocast(device, precision):
+            logits = net(x)
+        logits = logits.float()
+        topk = logits.topk(k, dim=1).indices
+        totals[0] += (topk[:, 0] == y).sum()
+        totals[1] += (topk == y[:, None]).any(dim=1).sum()
+        totals[2] += nn.functional.cross_entropy(logits, y, reduction="sum")
+        totals[3] += stop - start
+    net.train(was_training)
+    top1, topk_correct, loss, count = all_reduce_sum(totals, env).tolist()
+    count = max(count, 1.0)
+    return EvalResult(
+        top1_error=100.0 * (1 - top1 / count),
+        top5_error=100.0 * (1 - topk_correct / count),
+        loss=loss / count,
+        images=int(count),
+    )
+
+
+def load_model(
+    checkpoint: str | Path, device: str | torch.device | None = None
+) -> tuple[nn.Module, dict[str, object]]:
+    """Rebuild the network of a checkpoint (by its registered name) and load its weights.
+
+    Returns:
+        The network in eval mode on `device`, and the checkpoint's contents.
+
+    Raises:
+        CheckpointError: see `load_checkpoint`; also weights that do not fit the model.
+    """
+    device = resolve_device(device) if not isinstance(device, torch.device) else device
+    state = load_checkpoint(checkpoint)
+    net = create_model(
+        state["model"], num_classes=state["num_classes"], **dict(state["model_options"])
+    )
+    try:
+        net.load_state_dict(state["model_state"])
+    except RuntimeError as e:
+        raise CheckpointError(
+            f"{checkpoint}: its weights do not fit {state['model']} as built by this cnnlab "
+            f"({str(e).splitlines()[0]})"
+        ) from None
+    return net.to(device).eval(), state
+
+
+def evaluate_checkpoint(
+    checkpoint: str | Path,
+    data: ArrayDataset,
+    *,
+    device: str | None = None,
+    batch_size: int = 500,
+    precision: str = "fp32",
+) -> EvalResult:
+    """Top-1 and top-5 error of a checkpoint's network on `data`.
+
+    Raises:
+        ValueError: `data` has other classes than the network was trained on.
+    """
+    dev = resolve_device(device)
+    net, state = load_model(checkpoint, dev)
+    if list(data.classes) != list(state["classes"]):
+        raise ValueError(
+            f"the checkpoint was trained on {len(state['classes'])} classes "
+            f"({_preview(state['classes'])}) but the data has {len(data.classes)} "
+            f"({_preview(data.classes)})"
+        )
+    normalize = input_normalize(state["mean"], state["std"], dev)
+    return evaluate(net, data, normalize, device=dev, batch_size=batch_size, precision=precision)
+
+
+@dataclass(frozen=True)
+class Prediction:
+    """The most probable classes of one image, most probable first."""
+
+    path: str
+    classes: tuple[str, ...]
+    probabilities: tuple[float, ...]
+
+
+@torch.no_grad()
+def predict(
+    checkpoint: str | Path,
+    images: Sequence[str | Path],
+    *,
+    top: int = 5,
+    device: str | None = None,
+) -> list[Prediction]:
+    """The `top` most probable classes of each image file, by a checkpoint's network.
+
+    Each image is converted to the training images' channels and resized as a whole (no crop,
+    aspect ratio not kept) to the training images' size with bilinear interpolation by PIL.
+
+    Raises:
+        ValueError: an image file is missing or unreadable (the message names it).
+    """
+    from PIL import Image, UnidentifiedImageError
+
+    if top < 1:
+        raise ValueError(f"--top must be at least 1, got {top}")
+    dev = resolve_device(device)
+    net, state = load_model(checkpoint, dev)
+    channels, height, width = (int(v) for v in state["image_shape"])
+    normalize = input_normalize(state["mean"], state["std"], dev)
+    classes = list(state["classes"])
+    results = []
+    for path in images:
+        try:
+            with Image.open(path) as img:
+                img = img.convert("RGB" if channels == 3 else "L")
+                img = img.resize((width, height), Image.Resampling.BILINEAR)
+                pixels = torch.frombuffer(bytearray(img.tobytes()), dtype=torch.uint8)
+        except (OSError, UnidentifiedImageError, ValueError) as e:
+            raise ValueError(f"cannot read image {path}: {_first_line(e)}") from None
+        x = pixels.view(height, width, channels).permute(2, 0, 1)[None]
+        probs = net(normalize(x.to(dev))).float().softmax(dim=1)[0]
+        p, i = probs.topk(min(top, len(classes)))
+        results.append(
+            Prediction(str(path), tuple(classes[j] for j in i.tolist()), tuple(p.tolist()))
+        )
+    return results
+
+
+def _preview(classes: Sequence[str]) -> str:
+    names = list(classes)
+    return ", ".join(names[:4]) + (", ..." if len(names) > 4 else "")
+
+
+def _first_line(e: BaseException) -> str:
+    lines = str(e).strip().splitlines()
+    return lines[0] if lines else type(e).__name__

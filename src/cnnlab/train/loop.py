@@ -1,0 +1,709 @@
+"""The training loop: set lr, forward, loss, backward, step, evaluate, checkpoint.
+
+Speed lives in the data path and the step, not in the model: the whole training set sits on
+the device as one uint8 tensor; each step indexes a batch, crops and flips it as a batch,
+normalises it in one multiply-add and runs the model in channels_last layout, optionally under
+bfloat16 autocast and torch.compile.
+
+Every random choice of step t is derived from (seed, t) alone: the order of epoch e is a
+permutation drawn from a generator seeded with (seed, e), the crops and flips of step t from
+a generator seeded with (seed, t), and the global torch seed is reset to (seed, t) before
+the step for dropout. A checkpoint therefore needs only the weights, the optimizer state, the
+step counter and the slow-start state, and a run killed at any point and resumed ends, on the
+CPU, with bitwise the same weights as an uninterrupted run (tests/test_train.py).
+
+Model selection uses the validation split when one is given (the paper's 45k/5k, section
+4.2): `best.pt` is the checkpoint of lowest validation error. The test split is evaluated and
+recorded but never used to choose anything.
+
+The loss is summed on the device and synced every `log_every` steps; a NaN or infinite loss
+then stops the run with TrainingDiverged before anything more is written, so checkpoint.pt
+stays the last good one.
+
+The run folder (`out`):
+    config.json     recipe, model and options, seed, data, versions, command line, machine
+    metrics.jsonl   a JSON line per log point: step, epoch, lr, train loss and error,
+                    val/test top-1 and top-5 error (at evaluations, else null), images/s,
+                    elapsed_s (wall clock of the loop, resumes included) and train_s
+                    (without evaluations and checkpoints); errors in percent
+    checkpoint.pt   the latest checkpoint (see checkpoint.py)
+    best.pt         the checkpoint of lowest validation error, when there is a validation split
+
+Several processes (torchrun): each computes its share of every global batch; see
+distributed.py.
+"""
+
+from __future__ import annotations
+
+import gc
+import hashlib
+import json
+import math
+import os
+import platform
+import sys
+import time
+import traceback
+import warnings
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+from torch.nn.parallel import DistributedDataParallel
+
+import cnnlab
+from cnnlab.data import ArrayDataset, Normalize, random_crop_flip
+from cnnlab.models.registry import create_model, model_card
+from cnnlab.train.checkpoint import CheckpointError, atomic_write, load_checkpoint, save_checkpoint
+from cnnlab.train.distributed import (
+    DistEnv,
+    all_reduce_sum,
+    broadcast_buffers,
+    init_from_env,
+    resolve_device,
+)
+from cnnlab.train.evaluate import EvalResult, autocast, evaluate
+from cnnlab.train.recipes import Recipe
+from cnnlab.train.schedules import SlowStart, learning_rate
+
+__all__ = ["TrainResult", "TrainingDiverged", "train"]
+
+PADDING = 4  # He et al. 2015, section 4.2: "4 pixels are padded on each side"
+
+
+class TrainingDiverged(Exception):
+    """The training loss became NaN or infinite; the last good checkpoint is kept."""
+
+
+@dataclass
+class TrainResult:
+    """What a call to `train` did. Errors are in percent."""
+
+    model: nn.Module  # the network after the last step, in eval mode
+    steps: int  # optimizer steps done so far, counting those before a resume
+    completed: bool  # False when stopped early by `stop_after`
+    test_error: float | None = None  # of the final weights
+    test_top5_error: float | None = None
+    val_error: float | None = None  # of the final weights
+    best_val_error: float | None = None  # of best.pt (lowest validation error)
+    best_test_error: float | None = None  # test error of best.pt
+    run_dir: Path | None = None
+    metrics: list[dict[str, Any]] = field(default_factory=list)
+
+
+def train(
+    model: str,
+    train_data: ArrayDataset,
+    recipe: Recipe,
+    *,
+    out: str | Path | None = None,
+    val_data: ArrayDataset | None = None,
+    test_data: ArrayDataset | None = None,
+    model_options: Mapping[str, object] | None = None,
+    seed: int = 0,
+    device: str | torch.device | None = None,
+    compile: bool = False,
+    resume: bool = False,
+    eval_every: int | None = None,
+    checkpoint_every: int | None = None,
+    log_every: int = 50,
+    stop_after: int | None = None,
+    progress: bool = True,
+    info: Mapping[str, object] | None = None,
+) -> TrainResult:
+    """Train a registered network on in-memory data with a recipe.
+
+    Args:
+        model: a registered model name; built with `num_classes=len(train_data.classes)`.
+        train_data: the training images (uint8, on any device; moved to `device` whole).
+        recipe: optimizer, schedule, precision; see recipes.py.
+        out: the run folder (config.json, metrics.jsonl, checkpoint.pt, best.pt). None: no
+            files are written and `resume` is not possible.
+        val_data: held-out images for model selection (best.pt), e.g. the 5k of 45k/5k.
+        test_data: evaluated and recorded, never used to choose anything.
+        model_options: builder options, e.g. {"shortcut": "B"}.
+        seed: the weights' initialisation and every random choice of the run derive from it.
+        device: "cpu", "cuda", "cuda:1"; None: the GPU if there is one.
+        compile: run the training step's forward through torch.compile.
+        resume: continue the run in `out` from its checkpoint.pt.
+        eval_every: evaluate val/test data every this many steps (default: 10 times a run).
+        checkpoint_every: write checkpoint.pt every this many steps (default: every epoch
+            and at each evaluation).
+        log_every: sync, check the loss and write a metrics line every this many steps.
+        stop_after: stop before this step without writing anything more, as a killed run
+            would (for tests of resume, and for time-boxed jobs that resume later).
+        progress: show a progress bar (process 0 only).
+        info: extra entries for config.json (the command line, the data's source and split).
+
+    Raises:
+        TrainingDiverged: the loss became NaN or infinite; checkpoint.pt is the last good one.
+        CheckpointError: `resume` without a usable checkpoint, or one of another model.
+        ValueError: options out of range, a run folder that already holds a run, a model that
+            does not take the data's image size.
+    """
+    dev = device if isinstance(device, torch.device) else resolve_device(device)
+    if dev.type == "cuda":
+        torch.cuda.set_device(dev)  # before joining an nccl process group
+    env = init_from_env(dev)
+    try:
+        return _train(
+            model, train_data, recipe, out=None if out is None else Path(out),
+            val_data=val_data, test_data=test_data, options=dict(model_options or {}),
+            seed=seed, device=dev, env=env, compile=compile, resume=resume,
+            eval_every=eval_every, checkpoint_every=checkpoint_every, log_every=log_every,
+            stop_after=stop_after, progress=progress, info=dict(info or {}),
+        )  # fmt: skip
+    except BaseException as e:
+        if env.distributed:  # the frames' locals would keep the DDP wrapper alive; see below
+            traceback.clear_frames(e.__traceback__)
+        raise
+    finally:
+        if env.distributed:
+            # DDP's reference cycles hold the process group: free them before it is destroyed,
+            # else gloo's threads die at interpreter exit and abort the process (SIGABRT).
+            gc.collect()
+        env.shutdown()
+
+
+def _train(
+    model_name: str,
+    train_data: ArrayDataset,
+    recipe: Recipe,
+    *,
+    out: Path | None,
+    val_data: ArrayDataset | None,
+    test_data: ArrayDataset | None,
+    options: dict[str, object],
+    seed: int,
+    device: torch.device,
+    env: DistEnv,
+    compile: bool,
+    resume: bool,
+    eval_every: int | None,
+    checkpoint_every: int | None,
+    log_every: int,
+    stop_after: int | None,
+    progress: bool,
+    info: dict[str, object],
+) -> TrainResult:
+    if not 0 <= seed < 2**63:
+        raise ValueError(f"seed must be a non-negative integer, got {seed}")
+    n_train = len(train_data)
+    batch = recipe.batch_size
+    if batch % env.world_size:
+        raise ValueError(
+            f"batch size {batch} does not split evenly over {env.world_size} processes"
+        )
+    local = batch // env.world_size  # this process's share of every global batch
+    steps_per_epoch = n_train // batch  # the last incomplete batch of an epoch is dropped
+    if steps_per_epoch < 1:
+        raise ValueError(f"batch size {batch} is larger than the training set ({n_train} images)")
+    total = recipe.steps
+    eval_every = eval_every or max(1, math.ceil(total / 10))
+    checkpoint_every = checkpoint_every or min(eval_every, steps_per_epoch)
+    if min(eval_every, checkpoint_every, log_every) < 1:
+        raise ValueError("eval_every, checkpoint_every and log_every must be at least 1")
+    ckpt_path = best_path = metrics_path = None
+    if out is not None:
+        ckpt_path, best_path = out / "checkpoint.pt", out / "best.pt"
+        metrics_path = out / "metrics.jsonl"
+        resume = check_run_folder(out, resume, create=False)
+    elif resume:
+        raise ValueError("resume needs the run folder (--out) that holds the checkpoint")
+
+    # Normalisation statistics come from the training images only (not val, not test).
+    normalize = Normalize.fit(train_data.images, recipe.normalize).to(device)
+    normalize.std.clamp_(min=1 / 255)  # a constant channel: leave it unscaled, not infinite
+    mean = normalize.mean[0]  # C x H x W for a per-pixel mean, C x 1 x 1 per channel
+    mean = (mean.flatten() if mean.shape[1:] == (1, 1) else mean).tolist()
+    std = normalize.std.flatten().tolist()
+    torch.manual_seed(seed)
+    net = create_model(model_name, num_classes=len(train_data.classes), **options)
+    _check_input_size(net, model_name, train_data)
+    memory_format = torch.channels_last if recipe.channels_last else torch.contiguous_format
+    net = net.to(device, memory_format=memory_format)
+    optimizer = _optimizer(net, recipe)
+    slow_start = SlowStart.for_model(recipe, model_name)
+    start, best_val, clock = 0, None, {"elapsed_s": 0.0, "train_s": 0.0}
+    if resume:
+        assert ckpt_path is not None and metrics_path is not None
+        state = load_checkpoint(ckpt_path, model=model_name)
+        _check_same_run(state, options, recipe, seed, ckpt_path)
+        net.load_state_dict(state["model_state"])
+        optimizer.load_state_dict(state["optimizer"])
+        slow_start.load_state_dict(state["slow_start"])
+        start, best_val = int(state["step"]), state["best_val_error"]
+        clock = {k: float(state[k]) for k in clock}
+    # Nothing is written before this point, so a bad option or checkpoint leaves no trace.
+    if out is not None:
+        if env.is_main:
+            out.mkdir(parents=True, exist_ok=True)
+        _barrier(env)  # every process has looked at the folder before process 0 writes to it
+    if resume and env.is_main:
+        assert out is not None and metrics_path is not None
+        _truncate_metrics(metrics_path, start)
+        _record_resume(out, start)
+    elif out is not None and env.is_main:
+        assert metrics_path is not None
+        metrics_path.unlink(missing_ok=True)  # of a run killed before its first checkpoint
+        config = _config(model_name, options, recipe, seed, train_data, val_data, test_data,
+                         device, env, compile, info)  # fmt: skip
+        atomic_write(out / "config.json", lambda f: f.write(_json(config).encode() + b"\n"))
+
+    meta = {
+        "model": model_name, "model_options": options, "num_classes": len(train_data.classes),
+        "classes": list(train_data.classes), "image_shape": list(train_data.images.shape[1:]),
+        "mean": mean, "std": std, "recipe": recipe.to_dict(), "seed": seed,
+    }  # fmt: skip
+
+    def save(path: Path, step: int, metrics: dict[str, Any]) -> None:
+        # Every process checks (the weights are the same on all), so all stop together.
+        if not all(bool(torch.isfinite(p).all()) for p in net.parameters()):
+            bar.close()
+            raise TrainingDiverged(
+                f"training diverged: the weights are not finite at step {step}; the last good "
+                f"checkpoint is kept. Try a lower --lr (this run's peak lr is {recipe.lr})"
+            )
+        if not env.is_main:
+            return
+        save_checkpoint(path, {
+            **meta, "model_state": net.state_dict(), "optimizer": optimizer.state_dict(),
+            "step": step, "slow_start": slow_start.state_dict(), "best_val_error": best_val,
+            "elapsed_s": clock["elapsed_s"], "train_s": clock["train_s"], "metrics": metrics,
+        })  # fmt: skip
+
+    forward: nn.Module = _TrainForward(net)
+    if env.distributed:
+        forward = DistributedDataParallel(
+            forward, device_ids=[device] if device.type == "cuda" else None
+        )
+    if compile:
+        forward = torch.compile(forward)  # type: ignore[assignment]
+    images = train_data.images.to(device)
+    labels = train_data.labels.to(device)
+    held_out = {"val": val_data, "test": test_data}
+
+    def evaluate_all(precision: str) -> dict[str, EvalResult]:
+        how = {"device": device, "precision": precision, "memory_format": memory_format}
+        return {
+            name: evaluate(net, data, normalize, env=env, **how)  # type: ignore[arg-type]
+            for name, data in held_out.items()
+            if data is not None
+        }
+
+    verbose = progress and env.is_main
+    bar = _progress_bar(total, start, enabled=verbose)
+    sums = torch.zeros(3, dtype=torch.float64, device=device)  # loss * n, wrong, n
+    rows: list[dict[str, Any]] = []
+    t_start = t_mark = time.perf_counter()
+    elapsed_before, last_log, order, lr = clock["elapsed_s"], start, None, 0.0
+    net.train()
+    for step in range(start, total):
+        if stop_after is not None and step >= stop_after:
+            break
+        epoch, i = divmod(step, steps_per_epoch)
+        if order is None or i == 0:
+            order = torch.randperm(n_train, generator=_generator(seed, "epoch", epoch))
+            order = order.to(device)
+        lr = learning_rate(recipe, step, slow_start)
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+        torch.manual_seed(_seed(seed, "step", step))  # dropout
+        idx = order[i * batch : (i + 1) * batch]
+        x, y = images[idx], labels[idx]
+        if recipe.augment:
+            # The whole global batch is augmented by every process, then each takes its share:
+            # the images of a step do not depend on the number of processes.
+            x = random_crop_flip(
+                x, padding=PADDING, generator=_generator(seed, "augment", step, device)
+            )
+        share = slice(env.rank * local, (env.rank + 1) * local)
+        x, y = x[share], y[share]
+
+        with autocast(device, recipe.precision):
+            outputs = forward(normalize(x).contiguous(memory_format=memory_format))
+        logits = outputs[0].float()
+        loss = nn.functional.cross_entropy(logits, y, label_smoothing=recipe.label_smoothing)
+        for aux in outputs[1:]:  # GoogLeNet's auxiliary classifiers
+            loss = loss + recipe.aux_weight * nn.functional.cross_entropy(
+                aux.float(), y, label_smoothing=recipe.label_smoothing
+            )
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+
+        wrong = (logits.detach().argmax(dim=1) != y).sum()
+        sums[0] += loss.detach() * local
+        sums[1] += wrong
+        sums[2] += local
+        if slow_start.active:  # needs this step's error on every process now: a sync point
+            batch_wrong = all_reduce_sum(wrong.double().reshape(1), env).item()
+            slow_start.update(batch_wrong / batch, recipe)
+        bar.update(1)
+
+        done = step + 1
+        is_eval = done % eval_every == 0 or done == total
+        is_ckpt = done % checkpoint_every == 0 or is_eval
+        if not (done % log_every == 0 or is_eval or is_ckpt):
+            continue
+        loss_sum, wrong_sum, count = all_reduce_sum(sums, env).tolist()  # sync point
+        sums.zero_()
+        if not math.isfinite(loss_sum):
+            bar.close()
+            raise TrainingDiverged(
+                f"training diverged: the loss became {loss_sum / count} between steps "
+                f"{last_log} and {done}; {_last_good(ckpt_path)}. "
+                f"Try a lower --lr (this run's peak lr is {recipe.lr})"
+            )
+        # Training time runs from the end of the last log point to this sync, which waits for
+        # the device; evaluations and checkpoints count in elapsed_s only.
+        now = time.perf_counter()
+        clock["train_s"] += now - t_mark
+        if is_eval or is_ckpt:
+            broadcast_buffers(net, env)  # evaluate and save process 0's BN statistics
+        row: dict[str, Any] = {
+            "step": done, "epoch": round(done / steps_per_epoch, 4), "lr": lr,
+            "train_loss": loss_sum / count, "train_error": 100.0 * wrong_sum / count,
+            "val_error": None, "test_error": None, "val_top5_error": None, "test_top5_error": None,
+            "images_per_s": (done - last_log) * batch / max(now - t_mark, 1e-9),
+            "elapsed_s": None, "train_s": round(clock["train_s"], 3),
+        }  # fmt: skip
+        # The last evaluation is in float32 whatever the training precision: it is reported.
+        precision = "fp32" if done == total else recipe.precision
+        results = evaluate_all(precision) if is_eval else {}
+        for name, result in results.items():
+            row[f"{name}_error"] = result.top1_error
+            row[f"{name}_top5_error"] = result.top5_error
+        clock["elapsed_s"] = elapsed_before + time.perf_counter() - t_start
+        row["elapsed_s"] = round(clock["elapsed_s"], 3)
+        rows.append(row)  # on every process: all hold the same, all-reduced numbers
+        if env.is_main:
+            # The metrics line goes first: after a kill, resuming drops lines past the checkpoint.
+            if metrics_path is not None:
+                with metrics_path.open("a") as f:
+                    f.write(_json(row) + "\n")
+            bar.set_postfix_str(_postfix(row), refresh=False)
+            if is_eval and verbose:
+                bar.write(_summary_line(row, total))
+        if "val" in results and (best_val is None or results["val"].top1_error < best_val):
+            best_val = results["val"].top1_error  # model selection: validation error only
+            if best_path is not None:
+                save(best_path, done, row)
+        if is_ckpt and ckpt_path is not None:
+            save(ckpt_path, done, row)
+        t_mark, last_log = time.perf_counter(), done
+    bar.close()
+
+    net.eval()
+    result = TrainResult(model=net, steps=step_reached(start, total, stop_after), completed=False,
+                         run_dir=out, metrics=rows, best_val_error=best_val)  # fmt: skip
+    result.completed = result.steps == total
+    if not result.completed:
+        return result
+    if rows and rows[-1]["step"] == total:
+        final = rows[-1]
+    else:  # resumed a run that had already finished: evaluate its final weights again
+        final = {f"{k}_{m}": v for k, r in evaluate_all("fp32").items()
+                 for m, v in (("error", r.top1_error), ("top5_error", r.top5_error))}  # fmt: skip
+    result.test_error = final.get("test_error")
+    result.test_top5_error = final.get("test_top5_error")
+    result.val_error = final.get("val_error")
+    if test_data is not None and best_path is not None and best_path.exists():
+        _barrier(env)  # process 0 may still be writing best.pt
+        best = load_checkpoint(best_path, model=model_name)
+        if best["step"] == total:
+            result.best_test_error = result.test_error
+        else:
+            best_net = create_model(model_name, num_classes=len(train_data.classes), **options)
+            best_net.load_state_dict(best["model_state"])
+            best_net.to(device, memory_format=memory_format)
+            result.best_test_error = evaluate(
+                best_net, test_data, normalize, device=device, env=env
+            ).top1_error
+    if verbose:
+        _print_final(result, out)
+    return result
+
+
+class _TrainForward(nn.Module):
+    """The outputs the loss needs: (logits,), or GoogLeNet's (logits, aux1, aux2).
+
+    A module of its own so that DistributedDataParallel and torch.compile see the auxiliary
+    heads' forward too (calling `net.forward_with_aux` around the wrapper would bypass DDP's
+    gradient synchronisation).
+    """
+
+    def __init__(self, net: nn.Module) -> None:
+        super().__init__()
+        self.net = net
+
+    def forward(self, x: Tensor) -> tuple[Tensor, ...]:
+        if hasattr(self.net, "forward_with_aux"):
+            return tuple(self.net.forward_with_aux(x))
+        return (self.net(x),)
+
+
+def _optimizer(net: nn.Module, recipe: Recipe) -> torch.optim.SGD:
+    params = [p for p in net.parameters() if p.requires_grad]
+    if recipe.decay_norm_and_bias:
+        groups = [{"params": params, "weight_decay": recipe.weight_decay}]
+    else:  # BatchNorm scales and shifts and all biases are 1-d
+        groups = [
+            {"params": [p for p in params if p.ndim > 1], "weight_decay": recipe.weight_decay},
+            {"params": [p for p in params if p.ndim <= 1], "weight_decay": 0.0},
+        ]
+    groups = [g for g in groups if g["params"]]
+    return torch.optim.SGD(groups, lr=recipe.lr, momentum=recipe.momentum, nesterov=recipe.nesterov)
+
+
+def _seed(seed: int, kind: str, index: int) -> int:
+    """A 63-bit seed for the `index`-th `kind` ("epoch", "augment", "step") of a run."""
+    digest = hashlib.blake2b(f"{seed}/{kind}/{index}".encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "little") & (2**63 - 1)
+
+
+def _generator(
+    seed: int, kind: str, index: int, device: torch.device | None = None
+) -> torch.Generator:
+    return torch.Generator(device=device or "cpu").manual_seed(_seed(seed, kind, index))
+
+
+def step_reached(start: int, total: int, stop_after: int | None) -> int:
+    """The step counter after a call that started at `start` (for `stop_after`)."""
+    if stop_after is None:
+        return total
+    return min(total, max(start, stop_after))
+
+
+def _barrier(env: DistEnv) -> None:
+    if env.distributed:
+        torch.distributed.barrier()
+
+
+def check_run_folder(out: Path, resume: bool, create: bool = True) -> bool:
+    """Refuse to overwrite a run, or to resume nothing. True when resuming from a checkpoint.
+
+    Raises:
+        ValueError: `out` holds a run and `resume` is False, or `out` is a file.
+        CheckpointError: `resume` and `out` holds no run.
+    """
+    ckpt_path = out / "checkpoint.pt"
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"--out {out} is a file; give a folder for the run")
+    started = (out / "config.json").exists() or (out / "metrics.jsonl").exists()
+    if resume:
+        if not ckpt_path.exists() and not started:
+            raise CheckpointError(
+                f"nothing to resume: {out} holds no run; drop --resume to start a new run there"
+            )
+        return ckpt_path.exists()
+    if ckpt_path.exists() or started:
+        raise ValueError(
+            f"{out} already holds a run; pass --resume to continue it, or choose another --out"
+        )
+    if create:
+        out.mkdir(parents=True, exist_ok=True)
+    return False
+
+
+def _check_input_size(net: nn.Module, name: str, data: ArrayDataset) -> None:
+    """A clear error when the model does not take the data's image size.
+
+    Models run at the data's own resolution (no resizing): the CIFAR networks at 32x32; the
+    ImageNet networks only where their layers allow it.
+    """
+    _, channels, height, width = data.images.shape
+    side = model_card(name).input_size
+    if (height, width) == (side, side):
+        return
+    was_training = net.training
+    net.eval()
+    x = torch.zeros(2, channels, height, width)
+    try:
+        with torch.no_grad():
+            net.forward_with_aux(x) if hasattr(net, "forward_with_aux") else net(x)
+    except RuntimeError as e:
+        raise ValueError(
+            f"{name} does not run on the data's {height}x{width} images (its paper input is "
+            f"{side}x{side}): {str(e).strip().splitlines()[0]}. cnnlab trains at the data's "
+            "own size; use a CIFAR network (e.g. resnet20) for 32x32 data"
+        ) from None
+    finally:
+        net.train(was_training)
+    warnings.warn(
+        f"{name} was designed for {side}x{side} inputs; training it on {height}x{width} images "
+        "as they are",
+        stacklevel=3,
+    )
+
+
+def _check_same_run(
+    state: Mapping[str, Any], options: dict[str, object], recipe: Recipe, seed: int, path: Path
+) -> None:
+    """Resuming continues the same run: same model options, recipe and seed."""
+    if dict(state["model_options"]) != options:
+        raise CheckpointError(
+            f"{path} is of {state['model']} with options {dict(state['model_options'])}, "
+            f"not {options}; resume with the same options"
+        )
+    saved = dict(state["recipe"])
+    asked = recipe.to_dict()
+    differ = [k for k in asked if saved.get(k) != asked[k]]
+    if seed != state["seed"]:
+        differ.append("seed")
+        saved["seed"], asked["seed"] = state["seed"], seed
+    if differ:
+        was = ", ".join(f"{k}={saved.get(k)!r}" for k in differ)
+        now = ", ".join(f"{k}={asked[k]!r}" for k in differ)
+        raise ValueError(
+            f"the run in {path.parent} was started with {was}, but this command asks for {now}; "
+            "resume with the same options"
+        )
+
+
+def _last_good(path: Path | None) -> str:
+    if path is None:
+        return "no checkpoint is written without --out"
+    try:
+        return f"the last good checkpoint is {path} (step {load_checkpoint(path)['step']})"
+    except CheckpointError:
+        return "no checkpoint was written yet"
+
+
+def _truncate_metrics(path: Path, step: int) -> None:
+    """Drop the metrics lines after `step`: a resumed run does those steps again."""
+    if not path.exists():
+        return
+    kept = []
+    for line in path.read_text().splitlines():
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError:  # a line cut short by the kill
+            continue
+        if row.get("step", math.inf) <= step:
+            kept.append(line + "\n")
+    atomic_write(path, lambda f: f.write("".join(kept).encode()))
+
+
+def _record_resume(out: Path, step: int) -> None:
+    path = out / "config.json"
+    if not path.exists():
+        return
+    config = json.loads(path.read_text())
+    config.setdefault("resumes", []).append(
+        {"step": step, "time": _now(), "command": _command_line()}
+    )
+    atomic_write(path, lambda f: f.write(_json(config).encode() + b"\n"))
+
+
+def _config(
+    model: str,
+    options: dict[str, object],
+    recipe: Recipe,
+    seed: int,
+    train_data: ArrayDataset,
+    val_data: ArrayDataset | None,
+    test_data: ArrayDataset | None,
+    device: torch.device,
+    env: DistEnv,
+    compile: bool,
+    info: dict[str, object],
+) -> dict[str, object]:
+    """What config.json records: enough to rerun and to tell runs apart."""
+    import numpy
+
+    return {
+        "model": model,
+        "model_options": options,
+        "recipe": recipe.to_dict(),
+        "seed": seed,
+        **info,
+        "train_images": len(train_data),
+        "val_images": len(val_data) if val_data is not None else None,
+        "test_images": len(test_data) if test_data is not None else None,
+        "classes": list(train_data.classes),
+        "image_shape": list(train_data.images.shape[1:]),
+        "processes": env.world_size,
+        "compile": compile,
+        "command": _command_line(),
+        "started": _now(),
+        "versions": {
+            "cnnlab": cnnlab.__version__,
+            "python": platform.python_version(),
+            "torch": torch.__version__,
+            "numpy": numpy.__version__,
+        },
+        "machine": {
+            "device": str(device),
+            "device_name": torch.cuda.get_device_name(device)
+            if device.type == "cuda"
+            else platform.processor() or platform.machine(),
+            "platform": platform.platform(),
+            "cpu_count": os.cpu_count(),
+            "torch_threads": torch.get_num_threads(),
+        },
+    }
+
+
+def _command_line() -> list[str]:
+    return [Path(sys.argv[0]).name, *sys.argv[1:]]
+
+
+def _now() -> str:
+    return datetime.now(UTC).isoformat(timespec="seconds")
+
+
+def _json(obj: object) -> str:
+    return json.dumps(obj, default=str)
+
+
+def _progress_bar(total: int, start: int, enabled: bool) -> Any:
+    from tqdm import tqdm
+
+    return tqdm(
+        total=total, initial=start, disable=not enabled, unit="step", dynamic_ncols=True,
+        desc="train", file=sys.stderr,
+    )  # fmt: skip
+
+
+def _postfix(row: Mapping[str, Any]) -> str:
+    return (
+        f"loss {row['train_loss']:.3f} acc {100 - row['train_error']:.1f}% "
+        f"{row['images_per_s']:.0f} img/s"
+    )
+
+
+def _summary_line(row: Mapping[str, Any], total: int) -> str:
+    parts = [
+        f"step {row['step']}/{total}",
+        f"epoch {row['epoch']:.1f}",
+        f"lr {row['lr']:.4g}",
+        f"loss {row['train_loss']:.4f}",
+        f"train error {row['train_error']:.2f}%",
+    ]
+    for name in ("val", "test"):
+        if row.get(f"{name}_error") is not None:
+            parts.append(f"{name} error {row[f'{name}_error']:.2f}%")
+    parts += [f"{row['images_per_s']:.0f} images/s", f"{row['elapsed_s']:.0f} s"]
+    return "  ".join(parts)
+
+
+def _print_final(result: TrainResult, out: Path | None) -> None:
+    lines = []
+    if result.test_error is not None:
+        lines.append(
+            f"test error {result.test_error:.2f}% (top-5 {result.test_top5_error:.2f}%) "
+            f"after {result.steps} steps"
+        )
+    if result.best_val_error is not None:
+        best = f"best validation error {result.best_val_error:.2f}%"
+        if result.best_test_error is not None:
+            best += f", test error of that checkpoint (best.pt) {result.best_test_error:.2f}%"
+        lines.append(best)
+    if out is not None:
+        lines.append(f"run folder: {out}")
+    print("\n".join(lines))

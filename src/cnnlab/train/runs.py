@@ -1,0 +1,129 @@
+"""What `cnnlab train` and `cnnlab eval` do: load the splits a run needs, then train or evaluate.
+
+Splits. He et al. 2015 (section 4.2) chose their schedule on a 45k/5k train/val split and
+report test error of networks trained on the 50k training images. `split="full"` (the
+default) does the latter: all 50k, the final weights' test error reported, nothing selected,
+so the test split chooses nothing. `split="45k"` trains on the 45k, evaluates the 5k during
+training and keeps the checkpoint of lowest validation error as best.pt; the test error is
+reported for the final weights and for best.pt.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from pathlib import Path
+
+from cnnlab.data import load_dataset
+from cnnlab.models.registry import check_choice, model_card
+from cnnlab.train.checkpoint import load_checkpoint
+from cnnlab.train.distributed import resolve_device
+from cnnlab.train.evaluate import EvalResult, evaluate_checkpoint
+from cnnlab.train.loop import TrainResult, check_run_folder, train
+from cnnlab.train.recipes import get_recipe
+
+__all__ = ["SPLITS", "evaluate_from_spec", "parse_options", "train_from_spec"]
+
+# --split: training images, validation images (None: no model selection).
+SPLITS = {"full": ("train", None), "45k": ("train45k", "val5k")}
+
+
+def train_from_spec(
+    model: str,
+    data: str | os.PathLike,
+    out: str | os.PathLike,
+    *,
+    recipe: str = "fast",
+    split: str = "full",
+    steps: int | None = None,
+    epochs: float | None = None,
+    budget: float | None = None,
+    batch_size: int | None = None,
+    lr: float | None = None,
+    precision: str | None = None,
+    seed: int = 0,
+    device: str | None = None,
+    compile: bool = False,
+    resume: bool = False,
+    eval_every: int | None = None,
+    model_options: dict[str, object] | None = None,
+    cache_dir: str | os.PathLike | None = None,
+    progress: bool = True,
+) -> TrainResult:
+    """Train `model` on a dataset given as in `load_dataset` ("cifar10", a path), into `out`.
+
+    The recipe's fields are overridden by the arguments that are not None; `steps` or
+    `epochs` rescale its milestones and warm-up, and `budget` scales its steps after that.
+
+    Raises:
+        ValueError: conflicting or out-of-range options; see also `train`.
+        DataError: the dataset cannot be read.
+    """
+    check_choice("split", split, tuple(SPLITS))
+    if steps is not None and epochs is not None:
+        raise ValueError("give --steps or --epochs, not both")
+    chosen = get_recipe(recipe).replace(batch_size=batch_size, lr=lr, precision=precision)
+    # Bad options fail before a long first decode of the data.
+    model_card(model)
+    check_run_folder(Path(out), resume, create=False)
+    dev = resolve_device(device)
+    show = progress and int(os.environ.get("RANK", "0")) == 0
+    train_split, val_split = SPLITS[split]
+    train_data = load_dataset(data, train_split, cache_dir=cache_dir, progress=show)
+    val_data = (
+        load_dataset(data, val_split, cache_dir=cache_dir, progress=show) if val_split else None
+    )
+    test_data = load_dataset(data, "test", cache_dir=cache_dir, progress=show)
+    if epochs is not None:
+        chosen = chosen.with_epochs(epochs, len(train_data))
+    elif steps is not None:
+        chosen = chosen.with_steps(steps)
+    if budget is not None:
+        chosen = chosen.scaled(budget)
+    info = {"data": str(data), "split": split, "recipe_name": recipe}
+    return train(
+        model, train_data, chosen, out=Path(out), val_data=val_data, test_data=test_data,
+        model_options=model_options, seed=seed, device=dev, compile=compile, resume=resume,
+        eval_every=eval_every, progress=progress, info=info,
+    )  # fmt: skip
+
+
+def evaluate_from_spec(
+    checkpoint: str | os.PathLike,
+    data: str | os.PathLike,
+    *,
+    split: str = "test",
+    device: str | None = None,
+    batch_size: int = 500,
+    precision: str = "fp32",
+    cache_dir: str | os.PathLike | None = None,
+    progress: bool = True,
+) -> EvalResult:
+    """Top-1 and top-5 error of a checkpoint on a split of a dataset (default: test)."""
+    load_checkpoint(checkpoint)  # a bad checkpoint fails before the dataset is decoded
+    dataset = load_dataset(data, split, cache_dir=cache_dir, progress=progress)
+    return evaluate_checkpoint(
+        checkpoint, dataset, device=device, batch_size=batch_size, precision=precision
+    )
+
+
+def parse_options(items: Sequence[str]) -> dict[str, object]:
+    """["shortcut=B", "width=2"] -> {"shortcut": "B", "width": 2} (ints, floats, true/false)."""
+    options: dict[str, object] = {}
+    for item in items:
+        key, sep, text = item.partition("=")
+        if not sep or not key:
+            raise ValueError(f"model option {item!r} is not KEY=VALUE (e.g. shortcut=B)")
+        options[key] = _parse_value(text)
+    return options
+
+
+def _parse_value(text: str) -> object:
+    if text.lower() in ("true", "false"):
+        return text.lower() == "true"
+    for kind in (int, float):
+        try:
+            return kind(text)
+        except ValueError:
+            pass
+    return text

@@ -1,0 +1,494 @@
+"""cnnlab.train: schedules at their milestones, exact resume, divergence, checkpoints, the CLI.
+
+Tiny data made here (8x8 random images for the loop, a 32x32 image-folder tree for the CLI)
+and a tiny network registered for the duration of a test, so that the whole file runs in
+seconds on two CPU cores.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from cnnlab.cli import main
+from cnnlab.data import ArrayDataset
+from cnnlab.models import registry
+from cnnlab.train import (
+    FAST,
+    HE2015,
+    CheckpointError,
+    Recipe,
+    SlowStart,
+    TrainingDiverged,
+    get_recipe,
+    learning_rate,
+    load_checkpoint,
+    save_checkpoint,
+    train,
+)
+
+CLASSES = tuple("abcdefghij")
+
+
+class TinyNet(nn.Module):
+    """conv-bn-relu, global pool, dropout, fc: BN buffers and dropout randomness, in 300 weights.
+
+    `poison_after` > 0 makes the logits NaN from that training forward on (divergence tests);
+    `fixed_input` replaces the pool by a flatten sized for 8x8 inputs (input-size tests).
+    """
+
+    def __init__(
+        self,
+        num_classes: int = 10,
+        bn: bool = True,
+        dropout: float = 0.1,
+        poison_after: int = 0,
+        fixed_input: bool = False,
+    ) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, 8, 3, padding=1, bias=not bn)
+        self.bn = nn.BatchNorm2d(8) if bn else nn.Identity()
+        self.dropout = nn.Dropout(dropout)
+        self.fc = nn.Linear(8 * 8 * 8 if fixed_input else 8, num_classes)
+        self.fixed_input = fixed_input
+        self.poison_after = poison_after
+        self.calls = 0
+
+    def features(self, x: Tensor) -> Tensor:
+        x = F.relu(self.bn(self.conv(x)))
+        return x.flatten(1) if self.fixed_input else F.adaptive_avg_pool2d(x, 1).flatten(1)
+
+    def forward(self, x: Tensor) -> Tensor:
+        logits = self.fc(self.dropout(self.features(x)))
+        if self.training and self.poison_after:
+            self.calls += 1
+            if self.calls >= self.poison_after:
+                logits = logits * float("nan")
+        return logits
+
+
+class TinyAux(TinyNet):
+    """TinyNet with an auxiliary head, trained through `forward_with_aux` as GoogLeNet is."""
+
+    def __init__(self, num_classes: int = 10) -> None:
+        super().__init__(num_classes, dropout=0.0)
+        self.aux = nn.Linear(8, num_classes)
+
+    def forward_with_aux(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        h = self.features(x)
+        return self.fc(h), self.aux(h)
+
+
+@pytest.fixture(autouse=True)
+def one_thread() -> Iterator[None]:
+    # Tiny batches gain nothing from a second thread, and on a shared machine a busy core
+    # stalls every parallel region of a two-thread run.
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture
+def tiny(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Register the tiny networks for one test (names ending in a depth, as the zoo's do)."""
+    registry._ensure_loaded()
+    for name, builder in (("tinynet", TinyNet), ("tinynet110", TinyNet), ("tinyaux", TinyAux)):
+        monkeypatch.setitem(registry._BUILDERS, name, builder)
+        card = registry.ModelCard(
+            name=name, family="test", paper="-", input_size=8, num_classes=10, params=0, macs=0
+        )
+        monkeypatch.setitem(registry._CARDS, name, card)
+
+
+def make_data(n: int = 64, size: int = 8, seed: int = 0, classes: int = 10) -> ArrayDataset:
+    g = torch.Generator().manual_seed(seed)
+    images = torch.randint(0, 256, (n, 3, size, size), dtype=torch.uint8, generator=g)
+    labels = torch.randint(0, classes, (n,), generator=g)
+    return ArrayDataset(images, labels, CLASSES[:classes])
+
+
+def small(recipe: Recipe, steps: int = 12, **changes: object) -> Recipe:
+    return recipe.replace(batch_size=8, **changes).with_steps(steps)
+
+
+# -- recipes and schedules -------------------------------------------------------------------
+
+
+def test_he2015_schedule_at_its_milestones() -> None:
+    # Section 4.2: 0.1, divided by 10 at 32k and 48k iterations, stop at 64k.
+    assert (HE2015.batch_size, HE2015.steps, HE2015.momentum) == (128, 64_000, 0.9)
+    assert HE2015.weight_decay == 1e-4
+    expected = {0: 0.1, 31_999: 0.1, 32_000: 0.01, 47_999: 0.01, 48_000: 0.001, 63_999: 0.001}
+    for step, lr in expected.items():
+        assert learning_rate(HE2015, step) == pytest.approx(lr, rel=1e-12), step
+
+
+def test_warmup_then_decay_to_zero() -> None:
+    recipe = FAST
+    w = recipe.warmup_steps
+    assert learning_rate(recipe, 0) == pytest.approx(recipe.lr / w)
+    assert learning_rate(recipe, w - 1) == pytest.approx(recipe.lr)
+    assert learning_rate(recipe, w) == pytest.approx(recipe.lr)
+    after = [learning_rate(recipe, t) for t in range(w, recipe.steps)]
+    assert all(a > b for a, b in zip(after, after[1:], strict=False))
+    assert 0 < after[-1] < recipe.lr / 100
+    cosine = Recipe(**{**recipe.__dict__, "schedule": "cosine"})
+    assert learning_rate(cosine, w + (recipe.steps - w) // 2) == pytest.approx(recipe.lr / 2, 1e-2)
+
+
+def test_slow_start_rule_of_he2015() -> None:
+    # 110 layers and deeper: 0.01 until the training error is below 80%, then 0.1 for good.
+    assert SlowStart.for_model(HE2015, "resnet110").active
+    assert SlowStart.for_model(HE2015, "preact_resnet1001").active
+    assert not SlowStart.for_model(HE2015, "resnet56").active
+    assert not SlowStart.for_model(FAST, "resnet110").active
+    slow = SlowStart.for_model(HE2015, "resnet110")
+    for _ in range(200):  # chance level on 10 classes: stays slow
+        slow.update(0.9, HE2015)
+        assert learning_rate(HE2015, 10, slow) == 0.01
+    steps = 0
+    while slow.active:
+        slow.update(0.6, HE2015)
+        steps += 1
+    assert 1 < steps < 50
+    assert learning_rate(HE2015, 10, slow) == 0.1
+    slow.update(1.0, HE2015)  # the rule never switches back
+    assert not slow.active
+    assert learning_rate(HE2015, 40_000, slow) == pytest.approx(0.01)
+
+
+def test_recipe_scaling_and_overrides() -> None:
+    half = HE2015.scaled(0.5)
+    assert (half.steps, half.lr_milestones) == (32_000, (16_000, 24_000))
+    assert HE2015.replace(steps=6_400, lr=0.05).lr_milestones == (3_200, 4_800)
+    assert HE2015.replace(batch_size=None, lr=None) == HE2015
+    by_epochs = HE2015.with_epochs(2, train_size=50_000)
+    assert by_epochs.steps == 2 * (50_000 // 128)
+    fast = FAST.with_steps(FAST.steps * 2)
+    assert fast.warmup_steps == 2 * FAST.warmup_steps
+    assert Recipe.from_dict(json.loads(json.dumps(FAST.to_dict()))) == FAST
+    assert get_recipe("he2015") is HE2015
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        {"batch_size": 0},
+        {"precision": "fp16"},
+        {"schedule": "exponential"},
+        {"lr": -0.1},
+        {"lr_milestones": (48_000, 32_000)},
+        {"label_smoothing": 1.5},
+    ],
+)
+def test_out_of_range_recipe_is_a_clear_error(change: dict[str, object]) -> None:
+    key = next(iter(change))
+    with pytest.raises(ValueError, match=key):
+        HE2015.replace(**change)
+
+
+def test_unknown_recipe_names_the_valid_ones() -> None:
+    with pytest.raises(ValueError, match="he2015"):
+        get_recipe("paper")
+
+
+# -- the loop --------------------------------------------------------------------------------
+
+
+def _weights(path: Path) -> dict[str, Tensor]:
+    return load_checkpoint(path)["model_state"]
+
+
+def _assert_same_state(a: Path, b: Path) -> None:
+    sa, sb = load_checkpoint(a), load_checkpoint(b)
+    assert sa["step"] == sb["step"]
+    assert sa["model_state"].keys() == sb["model_state"].keys()
+    for key in sa["model_state"]:
+        assert torch.equal(sa["model_state"][key], sb["model_state"][key]), key
+    for pa, pb in zip(
+        sa["optimizer"]["state"].values(), sb["optimizer"]["state"].values(), strict=True
+    ):
+        assert torch.equal(pa["momentum_buffer"], pb["momentum_buffer"])
+
+
+def _rows(run: Path) -> list[dict[str, object]]:
+    timing = ("images_per_s", "elapsed_s", "train_s")
+    lines = (run / "metrics.jsonl").read_text().splitlines()
+    return [{k: v for k, v in json.loads(line).items() if k not in timing} for line in lines]
+
+
+@pytest.mark.parametrize(
+    ("model", "size", "recipe"),
+    [("tinynet", 8, FAST), ("tinynet110", 8, HE2015), ("resnet20", 32, FAST)],
+)
+def test_killed_run_resumes_to_the_same_weights(
+    tiny: None, tmp_path: Path, model: str, size: int, recipe: Recipe
+) -> None:
+    # 64 images at batch 8: 12 steps cross an epoch boundary. Stopping before step 7 loses
+    # steps 4..6 (the checkpoint is at step 4), as a kill would; the resumed run redoes them.
+    data, val, test = make_data(64, size), make_data(16, size, 1), make_data(16, size, 2)
+    kwargs = dict(
+        val_data=val, test_data=test, device="cpu", eval_every=8, checkpoint_every=4,
+        log_every=2, progress=False, seed=3,
+    )  # fmt: skip
+    straight = train(model, data, small(recipe), out=tmp_path / "a", **kwargs)
+    assert straight.completed and straight.steps == 12
+    first = train(model, data, small(recipe), out=tmp_path / "b", stop_after=7, **kwargs)
+    assert not first.completed and load_checkpoint(tmp_path / "b")["step"] == 4
+    second = train(model, data, small(recipe), out=tmp_path / "b", resume=True, **kwargs)
+    assert second.completed and second.steps == 12
+    for name in ("checkpoint.pt", "best.pt"):
+        _assert_same_state(tmp_path / "a" / name, tmp_path / "b" / name)
+    assert _rows(tmp_path / "a") == _rows(tmp_path / "b")
+    assert second.test_error == straight.test_error
+    config = json.loads((tmp_path / "b" / "config.json").read_text())
+    assert [r["step"] for r in config["resumes"]] == [4]
+
+
+def test_slow_start_in_the_loop(tiny: None, tmp_path: Path) -> None:
+    # Random labels on 10 classes: the error stays near 90%, so a 110-layer name keeps 0.01.
+    recipe = small(HE2015, steps=640)
+    data = make_data()
+    deep = train("tinynet110", data, recipe, log_every=1, stop_after=3, progress=False)
+    shallow = train("tinynet", data, recipe, log_every=1, stop_after=3, progress=False)
+    assert [r["lr"] for r in deep.metrics] == [0.01] * 3
+    assert [r["lr"] for r in shallow.metrics] == [0.1] * 3
+
+
+def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tiny: None, tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    with pytest.raises(
+        TrainingDiverged, match=r"diverged.*good checkpoint .*checkpoint\.pt \(step 4\)"
+    ):
+        train(
+            "tinynet", make_data(), small(FAST), out=run, model_options={"poison_after": 6},
+            checkpoint_every=2, eval_every=100, log_every=2, device="cpu", progress=False,
+        )  # fmt: skip
+    state = load_checkpoint(run)
+    assert state["step"] == 4
+    assert all(torch.isfinite(t).all() for t in state["model_state"].values())
+    assert [r["step"] for r in _rows(run)] == [2, 4]
+    assert not [p for p in run.iterdir() if p.name.startswith(".")]
+
+
+def test_absurd_learning_rate_diverges(tmp_path: Path) -> None:
+    recipe = small(HE2015, steps=30, lr=1e12, lr_milestones=())
+    with pytest.raises(TrainingDiverged, match="lower --lr"):
+        train("resnet20", make_data(32, 32), recipe, log_every=1, device="cpu", progress=False)
+
+
+def test_auxiliary_heads_are_trained(tiny: None) -> None:
+    data = make_data()
+    recipe = small(HE2015, steps=3, weight_decay=0.0)
+    torch.manual_seed(0)
+    untrained = TinyAux()
+    trained = train("tinyaux", data, recipe, device="cpu", progress=False).model
+    silent = train("tinyaux", data, recipe.replace(aux_weight=0.0), progress=False).model
+    assert not torch.equal(trained.aux.weight, untrained.aux.weight)
+    assert torch.equal(silent.aux.weight, untrained.aux.weight)
+
+
+def test_model_that_does_not_take_the_image_size(tiny: None) -> None:
+    with pytest.raises(ValueError, match=r"12x12 images .*8x8"):
+        train(
+            "tinynet", make_data(size=12), small(FAST), model_options={"fixed_input": True},
+            progress=False,
+        )  # fmt: skip
+
+
+def test_run_folder_is_not_overwritten_and_resume_checks_the_run(
+    tiny: None, tmp_path: Path
+) -> None:
+    run, data = tmp_path / "run", make_data()
+    train("tinynet", data, small(FAST, steps=4), out=run, progress=False)
+    with pytest.raises(ValueError, match="already holds a run"):
+        train("tinynet", data, small(FAST, steps=4), out=run, progress=False)
+    with pytest.raises(CheckpointError, match="checkpoint of tinynet, not tinynet110"):
+        train("tinynet110", data, small(FAST, steps=4), out=run, resume=True, progress=False)
+    with pytest.raises(ValueError, match="steps=4.*steps=8"):
+        train("tinynet", data, small(FAST, steps=8), out=run, resume=True, progress=False)
+    with pytest.raises(CheckpointError, match="nothing to resume"):
+        train("tinynet", data, small(FAST), out=tmp_path / "empty", resume=True, progress=False)
+
+
+# -- checkpoints -----------------------------------------------------------------------------
+
+
+def test_checkpoint_writes_are_atomic(tmp_path: Path) -> None:
+    path = tmp_path / "checkpoint.pt"
+    save_checkpoint(path, {"model": "resnet20", "step": 1, "w": torch.ones(3)})
+    save_checkpoint(path, {"model": "resnet20", "step": 2, "w": torch.ones(3)})
+    assert load_checkpoint(path)["step"] == 2
+    with pytest.raises(Exception, match="pickle|lambda|Can't"):
+        save_checkpoint(path, {"model": "resnet20", "step": 3, "bad": lambda: None})
+    assert load_checkpoint(path)["step"] == 2  # the old checkpoint is intact
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint.pt"]  # no temp file
+
+
+def test_checkpoint_errors_are_clear(tmp_path: Path) -> None:
+    good = tmp_path / "good.pt"
+    save_checkpoint(good, {"model": "resnet20", "step": 1, "w": torch.zeros(1000)})
+    data = good.read_bytes()
+    cases = {
+        "missing.pt": (None, "no checkpoint at"),
+        "random.pt": (random.Random(0).randbytes(300), "corrupt or truncated"),
+        "truncated.pt": (data[: len(data) // 2], "corrupt or truncated"),
+        "empty.pt": (b"", "corrupt or truncated"),
+    }
+    for name, (content, message) in cases.items():
+        if content is not None:
+            (tmp_path / name).write_bytes(content)
+        with pytest.raises(CheckpointError, match=message):
+            load_checkpoint(tmp_path / name)
+    torch.save({"fc.weight": torch.zeros(2)}, tmp_path / "state_dict.pt")
+    with pytest.raises(CheckpointError, match="not a cnnlab checkpoint"):
+        load_checkpoint(tmp_path / "state_dict.pt")
+    torch.save(nn.Linear(2, 2), tmp_path / "module.pt")  # pickled code: never loaded
+    with pytest.raises(CheckpointError, match="weights_only"):
+        load_checkpoint(tmp_path / "module.pt")
+    with pytest.raises(CheckpointError, match="checkpoint of resnet20, not resnet56"):
+        load_checkpoint(good, model="resnet56")
+
+
+# -- the command line ------------------------------------------------------------------------
+
+
+def make_image_folder(root: Path, classes: int = 3, train: int = 8, test: int = 2) -> Path:
+    """root/<split>/<class>/<i>.png, 32x32 RGB, each class its own colour plus noise."""
+    from PIL import Image
+
+    g = torch.Generator().manual_seed(0)
+    for split, count in (("train", train), ("test", test)):
+        for c in range(classes):
+            folder = root / split / f"class{c}"
+            folder.mkdir(parents=True)
+            for i in range(count):
+                base = torch.tensor([80 * c, 255 - 80 * c, 128]).view(3, 1, 1)
+                noise = torch.randint(0, 40, (3, 32, 32), generator=g)
+                pixels = (base + noise).clamp(0, 255).to(torch.uint8)
+                Image.fromarray(pixels.permute(1, 2, 0).numpy()).save(folder / f"{i}.png")
+    return root
+
+
+TRAIN_ARGS = ["--steps", "6", "--batch-size", "8", "--precision", "fp32", "--device", "cpu"]
+
+
+def test_cli_train_eval_predict(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from PIL import Image
+
+    monkeypatch.setenv("CNNLAB_CACHE", str(tmp_path / "cache"))
+    data, run = make_image_folder(tmp_path / "data"), tmp_path / "run"
+    argv = ["train", "resnet20", "--data", str(data), "--out", str(run), "--recipe", "he2015"]
+    assert main([*argv, *TRAIN_ARGS]) == 0
+    out = capsys.readouterr().out
+    assert "test error" in out
+    assert {p.name for p in run.iterdir()} == {"config.json", "metrics.jsonl", "checkpoint.pt"}
+    config = json.loads((run / "config.json").read_text())
+    assert config["model"] == "resnet20" and config["recipe"]["steps"] == 6
+    assert config["recipe"]["lr_milestones"] == [3, 4]  # 32k and 48k of 64k, scaled
+    assert config["data"] == str(data) and config["split"] == "full"
+    assert json.loads((run / "metrics.jsonl").read_text().splitlines()[-1])["step"] == 6
+
+    assert main(["eval", str(run / "checkpoint.pt"), "--data", str(data), "--device", "cpu"]) == 0
+    out = capsys.readouterr().out
+    assert "top-1 error" in out and "top-5 error" in out and "6 images" in out
+
+    photo = tmp_path / "photo.jpg"  # not 32x32: predict resizes it
+    Image.new("RGB", (50, 40), (0, 255, 128)).save(photo)
+    assert main(["predict", str(run), str(photo), "--top", "2", "--device", "cpu"]) == 0
+    out = capsys.readouterr().out
+    assert str(photo) in out and out.count("class") == 2 and "%" in out
+
+
+def test_cli_45k_split_selects_by_validation_error(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("CNNLAB_CACHE", str(tmp_path / "cache"))
+    data, run = make_image_folder(tmp_path / "data", train=10), tmp_path / "run"  # val: 1 a class
+    argv = ["train", "resnet20", "--data", str(data), "--out", str(run), "--split", "45k"]
+    assert main([*argv, *TRAIN_ARGS, "--eval-every", "3"]) == 0
+    out = capsys.readouterr().out
+    assert "best validation error" in out and "(best.pt)" in out
+    assert load_checkpoint(run / "best.pt")["step"] in (3, 6)
+    config = json.loads((run / "config.json").read_text())
+    assert (config["split"], config["train_images"], config["val_images"]) == ("45k", 27, 3)
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [r["val_error"] is not None for r in rows] == [True, True]
+
+
+def test_cli_errors_are_one_line(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("CNNLAB_CACHE", str(tmp_path / "cache"))
+    (tmp_path / "bad.pt").write_bytes(b"not a checkpoint")
+    data = make_image_folder(tmp_path / "data")
+
+    def error(argv: list[str]) -> str:
+        assert main(argv) == 2
+        err = capsys.readouterr().err
+        assert err.startswith("cnnlab: error:") and err.count("\n") == 1, err
+        return err
+
+    assert "corrupt or truncated" in error(["eval", str(tmp_path / "bad.pt"), "--data", str(data)])
+    assert "bad.pt" in error(["predict", str(tmp_path / "bad.pt"), "x.png"])
+    run = tmp_path / "r"
+    options = ["--data", str(data), "--out", str(run), "--batch-size", "8", "--quiet"]
+    argv = ["train", "resnet20", *options]
+    assert "lr must be" in error([*argv, "--lr", "-1"])
+    assert "steps must be" in error([*argv, "--steps", "0"])
+    assert "KEY=VALUE" in error([*argv, "-O", "shortcut"])
+    assert "nothing to resume" in error([*argv, "--resume"])
+    assert "larger than the training set" in error([*argv, "--batch-size", "1000"])
+    assert "resnet20" in error(["train", "resnet2", *options])  # unknown: the closest names
+    assert not run.exists()  # nothing half-written
+
+
+def test_cli_train_killed_with_sigkill_resumes_exactly(tmp_path: Path) -> None:
+    # As a user would: `python -m cnnlab train ...`, killed mid-run, then the same command
+    # with --resume; the final weights equal those of an uninterrupted run, bit for bit.
+    data = make_image_folder(tmp_path / "data", classes=3, train=16)  # 48 images: 6 steps/epoch
+    env = {**os.environ, "CNNLAB_CACHE": str(tmp_path / "cache"), "OMP_NUM_THREADS": "1"}
+    args = ["--data", str(data), "--steps", "30", "--batch-size", "8", "--device", "cpu"]
+
+    def command(run: Path, *extra: str) -> list[str]:
+        return [sys.executable, "-m", "cnnlab", "train", "resnet20", "--out", str(run), *args,
+                *extra]  # fmt: skip
+
+    straight = tmp_path / "straight"
+    subprocess.run(command(straight), env=env, check=True, capture_output=True, timeout=300)
+
+    killed = tmp_path / "killed"
+    proc = subprocess.Popen(
+        command(killed), env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
+    deadline = time.monotonic() + 240
+    while not (killed / "checkpoint.pt").exists() and proc.poll() is None:
+        assert time.monotonic() < deadline
+        time.sleep(0.01)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert proc.returncode == -signal.SIGKILL, "the run ended before it could be killed"
+    assert load_checkpoint(killed)["step"] < 30
+
+    resumed = subprocess.run(
+        command(killed, "--resume"), env=env, capture_output=True, text=True, timeout=300
+    )
+    assert resumed.returncode == 0, resumed.stderr
+    assert "test error" in resumed.stdout
+    _assert_same_state(straight / "checkpoint.pt", killed / "checkpoint.pt")
+    assert not [p for p in killed.iterdir() if p.name.startswith(".")]
