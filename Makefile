@@ -3,8 +3,12 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
-# The dataset for `make demo`: an official CIFAR-10 archive, an image-folder tree or its .tar.gz.
-DATA ?= cifar10
+# The dataset for `make demo`: "cifar10" (the official archive, downloaded into the cache), or a
+# path to a local copy: the official archive or folder, an image-folder tree or its .tar.gz.
+# Where the workplace's JPEG copy of CIFAR-10 sits beside the project, it is the default.
+SHARED_CIFAR := ../shared/datasets/cifar10-jpeg.tar.gz
+DATA ?= $(if $(wildcard $(SHARED_CIFAR)),$(SHARED_CIFAR),cifar10)
+DEMO_EPOCHS ?= 4
 
 .PHONY: venv demo test test-slow test-data lint format bench clean readme
 
@@ -18,9 +22,10 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install --quiet -e '.[test]'
 	touch $(STAMP)
 
+# The main job: train resnet20 for a few minutes with the fast recipe, print the test error.
 demo: $(STAMP)
-	$(BIN)/cnnlab models
-	$(BIN)/cnnlab summary alexnet
+	$(BIN)/cnnlab train resnet20 --data $(DATA) --recipe fast --epochs $(DEMO_EPOCHS) \
+		--out runs/demo-$$(date +%Y%m%d-%H%M%S)
 
 test: $(STAMP)
 	$(BIN)/ruff check src tests benchmarks
@@ -32,6 +37,11 @@ test-slow: $(STAMP)
 
 test-data: $(STAMP)
 	$(BIN)/pytest -q -m realdata
+
+# Training throughput against the usual CIFAR script (prints images/s and ratios).
+bench: $(STAMP)
+	$(BIN)/python benchmarks/train_throughput.py --models resnet20 resnet56 \
+		$(if $(wildcard $(SHARED_CIFAR)),--data $(SHARED_CIFAR))
 
 lint: $(STAMP)
 	$(BIN)/ruff check src tests benchmarks

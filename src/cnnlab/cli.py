@@ -41,7 +41,8 @@ def _cmd_train(args: argparse.Namespace) -> int:
     try:
         train_from_spec(
             args.model, args.data, args.out, recipe=args.recipe, split=args.split,
-            steps=args.steps, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
+            steps=args.steps, epochs=args.epochs, budget=args.budget,
+            batch_size=args.batch_size, lr=args.lr, skip_corrupt=args.skip_corrupt,
             precision=args.precision, seed=args.seed, device=args.device, compile=args.compile,
             resume=args.resume, eval_every=args.eval_every,
             model_options=parse_options(args.option), progress=not args.quiet,
@@ -137,8 +138,11 @@ def build_parser() -> argparse.ArgumentParser:
     length = p.add_mutually_exclusive_group()
     length.add_argument("--steps", type=int, help="optimizer steps (milestones scale along)")
     length.add_argument("--epochs", type=float, help="passes over the training images")
+    p.add_argument("--budget", type=float, help="scale the recipe's steps and milestones")
     p.add_argument("--batch-size", type=int, help="global batch (split across processes)")
     p.add_argument("--lr", type=float, help="peak learning rate")
+    p.add_argument("--skip-corrupt", action="store_true",
+                   help="leave out unreadable images (counted) instead of stopping")  # fmt: skip
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--precision", choices=("fp32", "bf16"), help="default: the recipe's")
     p.add_argument("--compile", action="store_true", help="torch.compile the training step")

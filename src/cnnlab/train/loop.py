@@ -664,9 +664,11 @@ def _json(obj: object) -> str:
 def _progress_bar(total: int, start: int, enabled: bool) -> Any:
     from tqdm import tqdm
 
+    # Into a log file rather than a terminal, a line every 30 s instead of every step.
+    interval = 0.1 if sys.stderr.isatty() else 30.0
     return tqdm(
         total=total, initial=start, disable=not enabled, unit="step", dynamic_ncols=True,
-        desc="train", file=sys.stderr,
+        desc="train", file=sys.stderr, mininterval=interval, maxinterval=max(10.0, interval),
     )  # fmt: skip
 
 

@@ -14,7 +14,7 @@ import os
 from collections.abc import Sequence
 from pathlib import Path
 
-from cnnlab.data import load_dataset
+from cnnlab.data import ArrayDataset, load_dataset
 from cnnlab.models.registry import check_choice, model_card
 from cnnlab.train.checkpoint import load_checkpoint
 from cnnlab.train.distributed import resolve_device
@@ -48,6 +48,7 @@ def train_from_spec(
     eval_every: int | None = None,
     model_options: dict[str, object] | None = None,
     cache_dir: str | os.PathLike | None = None,
+    skip_corrupt: bool = False,
     progress: bool = True,
 ) -> TrainResult:
     """Train `model` on a dataset given as in `load_dataset` ("cifar10", a path), into `out`.
@@ -69,11 +70,15 @@ def train_from_spec(
     dev = resolve_device(device)
     show = progress and int(os.environ.get("RANK", "0")) == 0
     train_split, val_split = SPLITS[split]
-    train_data = load_dataset(data, train_split, cache_dir=cache_dir, progress=show)
-    val_data = (
-        load_dataset(data, val_split, cache_dir=cache_dir, progress=show) if val_split else None
-    )
-    test_data = load_dataset(data, "test", cache_dir=cache_dir, progress=show)
+
+    def load(split: str) -> ArrayDataset:
+        return load_dataset(
+            data, split, cache_dir=cache_dir, skip_corrupt=skip_corrupt, progress=show
+        )
+
+    train_data = load(train_split)
+    val_data = load(val_split) if val_split else None
+    test_data = load("test")
     if epochs is not None:
         chosen = chosen.with_epochs(epochs, len(train_data))
     elif steps is not None:
