@@ -42,9 +42,12 @@ def _tiny() -> ArrayDataset:
 @pytest.mark.slow
 def test_compiled_training_matches_eager() -> None:
     data = _tiny()
-    recipe = FAST.replace(batch_size=16, precision="fp32").with_steps(4)
+    # Two steps at a modest lr: fused kernels round differently, and a few steps at a high lr
+    # amplify that far past any useful tolerance (measured: 1e-4 after one step, 4.5e-4 after
+    # two at lr 0.05; 0.08 after four at lr 0.2).
+    recipe = FAST.replace(batch_size=16, precision="fp32", lr=0.05).with_steps(2)
     eager = train("resnet20", data, recipe, progress=False, device="cpu")
     compiled = train("resnet20", data, recipe, progress=False, device="cpu", compile=True)
     for a, b in zip(eager.model.state_dict().values(), compiled.model.state_dict().values(),
                     strict=True):  # fmt: skip
-        torch.testing.assert_close(a.float(), b.float(), atol=2e-3, rtol=1e-3)
+        torch.testing.assert_close(a.float(), b.float(), atol=2e-3, rtol=0)
