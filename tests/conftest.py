@@ -197,3 +197,13 @@ def local_http_server(monkeypatch: pytest.MonkeyPatch) -> Iterator[Callable[[Pat
     for server in servers:
         server.shutdown()
         server.server_close()
+
+
+@pytest.fixture
+def one_thread() -> Iterator[None]:
+    """One torch thread for the test: tiny batches gain nothing from a second, and on a shared
+    two-core machine a busy core stalls every parallel region of a two-thread run."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

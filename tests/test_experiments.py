@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import shutil
 import statistics
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -64,13 +63,7 @@ TINY = Experiment(
 RUN_NAMES = ["plain20", "resnet20-A", "resnet20-B", "resnet32", "resnet999"]
 
 
-@pytest.fixture(autouse=True)
-def one_thread() -> Iterator[None]:
-    # Tiny batches gain nothing from a second thread on a shared two-core machine.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def write_image_folder(root: Path, counts: dict[str, int], classes: int = 10) -> Path:

@@ -40,7 +40,7 @@ from cnnlab.experiments.report import (
 from cnnlab.models.registry import list_models
 from cnnlab.train.checkpoint import atomic_write
 from cnnlab.train.loop import TrainingDiverged, train
-from cnnlab.train.recipes import Recipe, get_recipe
+from cnnlab.train.recipes import Recipe, describe_differences, get_recipe
 
 __all__ = ["make_recipe", "run_experiment", "run_status"]
 
@@ -80,10 +80,9 @@ def run_status(folder: Path, recipe: Recipe, limits: Mapping[str, int | None] | 
         ended = json.loads(result.read_text())
         saved = {**ended["recipe"], **{k: ended.get(k) for k in limits or {}}}
         asked = {**recipe.to_dict(), **(limits or {})}
-        differ = [k for k in asked if saved.get(k) != asked[k]]
-        if differ:
-            was = ", ".join(f"{k}={saved.get(k)!r}" for k in differ)
-            now = ", ".join(f"{k}={asked[k]!r}" for k in differ)
+        differences = describe_differences(saved, asked)
+        if differences:
+            was, now = differences
             raise ValueError(
                 f"{folder} holds a run made with {was}; this experiment asks for {now}. "
                 "Give another --out, or the same --budget/--steps, recipe and limits"

@@ -67,7 +67,7 @@ from cnnlab.train.distributed import (
     resolve_device,
 )
 from cnnlab.train.evaluate import EvalResult, autocast, evaluate
-from cnnlab.train.recipes import Recipe
+from cnnlab.train.recipes import Recipe, describe_differences
 from cnnlab.train.schedules import SlowStart, learning_rate
 
 __all__ = ["TrainResult", "TrainingDiverged", "train"]
@@ -550,15 +550,11 @@ def _check_same_run(
             f"{path} is of {state['model']} with options {dict(state['model_options'])}, "
             f"not {options}; resume with the same options"
         )
-    saved = dict(state["recipe"])
-    asked = recipe.to_dict()
-    differ = [k for k in asked if saved.get(k) != asked[k]]
-    if seed != state["seed"]:
-        differ.append("seed")
-        saved["seed"], asked["seed"] = state["seed"], seed
-    if differ:
-        was = ", ".join(f"{k}={saved.get(k)!r}" for k in differ)
-        now = ", ".join(f"{k}={asked[k]!r}" for k in differ)
+    differences = describe_differences(
+        {**state["recipe"], "seed": state["seed"]}, {**recipe.to_dict(), "seed": seed}
+    )
+    if differences:
+        was, now = differences
         raise ValueError(
             f"the run in {path.parent} was started with {was}, but this command asks for {now}; "
             "resume with the same options"

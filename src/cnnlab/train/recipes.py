@@ -19,11 +19,12 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 from cnnlab.models.registry import check_choice
 
-__all__ = ["FAST", "HE2015", "RECIPES", "Recipe", "get_recipe"]
+__all__ = ["FAST", "HE2015", "RECIPES", "Recipe", "describe_differences", "get_recipe"]
 
 SCHEDULES = ("step", "linear", "cosine")
 PRECISIONS = ("fp32", "bf16")
@@ -198,3 +199,18 @@ def get_recipe(name: str) -> Recipe:
     """
     check_choice("recipe", name, tuple(RECIPES))
     return RECIPES[name]
+
+
+def describe_differences(
+    saved: Mapping[str, object], asked: Mapping[str, object]
+) -> tuple[str, str] | None:
+    """For the keys of `asked` whose values differ in `saved`: ("k=old, ...", "k=new, ...").
+
+    None when nothing differs. Used to refuse resuming (or reusing) a run made otherwise.
+    """
+    differ = [k for k in asked if saved.get(k) != asked[k]]
+    if not differ:
+        return None
+    was = ", ".join(f"{k}={saved.get(k)!r}" for k in differ)
+    now = ", ".join(f"{k}={asked[k]!r}" for k in differ)
+    return was, now
