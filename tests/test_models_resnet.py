@@ -329,3 +329,20 @@ def test_resnet20_option_a_pickles() -> None:
     x = torch.randn(1, 3, 32, 32)
     with torch.no_grad():
         assert torch.equal(loaded(x), model(x))
+
+
+def test_resnet164_is_the_original_bottleneck_network() -> None:
+    # He et al. 2016, Table 3's baseline: 9n+2 = 164 weighted layers (n = 18), 1.7M parameters,
+    # post-activation bottleneck units with outputs 64, 128, 256 wide.
+    model = create_model("resnet164")
+    convs = [
+        name
+        for name, m in model.named_modules()
+        if isinstance(m, torch.nn.Conv2d) and "downsample" not in name
+    ]
+    assert len(convs) + 1 == 164
+    assert [model.layer1[0].conv3.out_channels, model.layer2[0].conv3.out_channels,
+            model.layer3[0].conv3.out_channels] == [64, 128, 256]  # fmt: skip
+    assert model.layer2[0].conv1.stride == (2, 2)  # the paper layout's stride on the first 1x1
+    assert round(sum(p.numel() for p in model.parameters()) / 1e6, 1) == 1.7
+    assert model(torch.randn(2, 3, 32, 32)).shape == (2, 10)

@@ -17,8 +17,8 @@ second paper, or none where the card's number is for other options.
 Deviations from the papers: the plain nets' Fig. 6 curves carry no number to compare with, so
 their paper column is empty. Option B on CIFAR is not an experiment of the paper (it compares
 A, B and C on ImageNet, Table 3); we run it because it is the CIFAR-sized version of that
-ablation. The original-unit bottleneck ResNet-164 of He et al. 2016 is listed with its
-number; it runs only where the registry has a `resnet164`.
+ablation. The original-unit bottleneck ResNet-164 of He et al. 2016 is `resnet164` in the
+registry; a run whose model is not registered would be listed with its number, not run.
 """
 
 from __future__ import annotations

@@ -11,6 +11,7 @@ layer: 6n + 2 weighted layers, 3n shortcuts. 32x32 input.
     resnet56    9        853,018     125,485,696   6.97
     resnet110   18     1,727,962     252,887,680   6.43 (best of 5 runs)
     resnet1202  200   19,421,274   2,829,238,912   7.93
+    resnet164   18     1,704,154     244,500,992   5.93 (He et al. 2016, Table 3; bottleneck)
 
 Parameters for 10 classes, with option A; MACs (multiply-adds of convs and fc) for one 32x32
 image. The paper's parameter counts (0.27M, 0.46M, 0.66M, 0.85M, 1.7M, 19.4M) are these, rounded.
@@ -35,7 +36,7 @@ from torch import Tensor, nn
 
 from cnnlab.models.layers import conv3x3, init_he
 from cnnlab.models.registry import Reported, check_choice, register_model
-from cnnlab.models.resnet import BasicBlock, make_stage
+from cnnlab.models.resnet import BasicBlock, Bottleneck, make_stage
 
 __all__ = [
     "CIFAR_SHORTCUTS",
@@ -50,6 +51,7 @@ __all__ = [
     "resnet44",
     "resnet56",
     "resnet110",
+    "resnet164",
     "resnet1202",
 ]
 
@@ -60,31 +62,43 @@ STAGE_WIDTHS = (16, 32, 64)
 class CifarResNet(nn.Module):
     """The 6n+2-layer CIFAR-10 network of section 4.2; `shortcut=None` gives the plain net.
 
+    With `block=Bottleneck` it is the 9n+2-layer bottleneck network of He et al. 2016
+    (arXiv:1603.05027, section 4, "original" units): widths 16, 32, 64 inside the blocks and
+    64, 128, 256 at their outputs.
+
     Args:
-        n: basic blocks per stage.
+        n: blocks per stage.
         num_classes: outputs of the final linear layer.
         shortcut: "A" or "B", or None for a plain network.
+        block: BasicBlock (He et al. 2015) or Bottleneck (He et al. 2016's ResNet-164).
     """
 
-    def __init__(self, n: int, num_classes: int = 10, shortcut: str | None = "A") -> None:
+    def __init__(
+        self,
+        n: int,
+        num_classes: int = 10,
+        shortcut: str | None = "A",
+        block: type[BasicBlock | Bottleneck] = BasicBlock,
+    ) -> None:
         super().__init__()
         if shortcut is not None:
             check_choice("shortcut", shortcut, CIFAR_SHORTCUTS)
+        e = block.expansion
         self.conv1 = conv3x3(3, 16)
         self.bn1 = nn.BatchNorm2d(16)
         self.relu = nn.ReLU(inplace=True)
-        self.layer1 = make_stage(BasicBlock, 16, 16, n, 1, shortcut)
-        self.layer2 = make_stage(BasicBlock, 16, 32, n, 2, shortcut)
-        self.layer3 = make_stage(BasicBlock, 32, 64, n, 2, shortcut)
+        self.layer1 = make_stage(block, 16, 16, n, 1, shortcut)
+        self.layer2 = make_stage(block, 16 * e, 32, n, 2, shortcut)
+        self.layer3 = make_stage(block, 32 * e, 64, n, 2, shortcut)
         self.avgpool = nn.AdaptiveAvgPool2d((1, 1))
-        self.fc = nn.Linear(64, num_classes)
+        self.fc = nn.Linear(64 * e, num_classes)
         init_he(self)
 
     def forward(self, x: Tensor) -> Tensor:
         x = self.relu(self.bn1(self.conv1(x)))  # N x 16 x 32 x 32
-        x = self.layer1(x)  # N x 16 x 32 x 32
-        x = self.layer2(x)  # N x 32 x 16 x 16
-        x = self.layer3(x)  # N x 64 x 8 x 8
+        x = self.layer1(x)  # N x 16e x 32 x 32 (e = block.expansion: 1, or 4 for Bottleneck)
+        x = self.layer2(x)  # N x 32e x 16 x 16
+        x = self.layer3(x)  # N x 64e x 8 x 8
         x = torch.flatten(self.avgpool(x), 1)
         return self.fc(x)
 
@@ -170,3 +184,24 @@ def plain56(num_classes: int = 10) -> CifarResNet:
 @_card("plain110", 1_727_962, 252_887_680, None)
 def plain110(num_classes: int = 10) -> CifarResNet:
     return CifarResNet(18, num_classes=num_classes, shortcut=None)
+
+
+# He et al. 2016 (arXiv:1603.05027), Table 3: the original (post-activation) bottleneck unit,
+# the baseline of `preact_resnet164`. Projection shortcuts (option B) where shapes change, as
+# in that paper's bottleneck networks; the stride sits on the first 1x1 conv, as in our paper
+# layout of the ImageNet Bottleneck and in `preact_resnet164`.
+@register_model(
+    "resnet164",
+    family="resnet-cifar",
+    paper="He et al. 2016, arXiv:1603.05027",
+    input_size=32,
+    num_classes=10,
+    params=1_704_154,  # the paper's 1.7M
+    macs=244_500_992,
+    reported=(Reported(ERROR, 5.93, "Table 3 (original unit)"),),
+    notes="9n+2 layers with n=18 bottleneck blocks per stage; the original units of "
+    "He et al. 2015 (BN and ReLU after each conv, ReLU after the addition).",
+)
+def resnet164(num_classes: int = 10, shortcut: str = "B") -> CifarResNet:
+    check_choice("shortcut", shortcut, CIFAR_SHORTCUTS)
+    return CifarResNet(18, num_classes=num_classes, shortcut=shortcut, block=Bottleneck)
