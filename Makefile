@@ -10,7 +10,7 @@ SHARED_CIFAR := ../shared/datasets/cifar10-jpeg.tar.gz
 DATA ?= $(if $(wildcard $(SHARED_CIFAR)),$(SHARED_CIFAR),cifar10)
 DEMO_EPOCHS ?= 4
 
-.PHONY: venv demo test test-slow test-data lint format bench clean readme
+.PHONY: venv demo test test-slow test-data test-gpu lint format bench clean readme
 
 venv: $(STAMP)
 
@@ -36,6 +36,10 @@ test-slow: $(STAMP)
 
 test-data: $(STAMP)
 	$(BIN)/pytest -q -m realdata
+
+# The CUDA-graph step's tests; they skip where there is no CUDA GPU.
+test-gpu: $(STAMP)
+	$(BIN)/pytest -q -m gpu
 
 # Training throughput against the usual CIFAR script (prints images/s and ratios).
 bench: $(STAMP)

@@ -367,3 +367,104 @@ def test_cli(
     assert "seeds must be at least 1" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         main([*args, "--budget", "0.1", "--steps", "3"])
+
+
+# -- several runs at once (--jobs) -----------------------------------------------------------
+
+
+def test_jobs_are_checked_before_anything_is_loaded_or_written(
+    data: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def no_loading(*args: object, **kwargs: object) -> None:
+        raise AssertionError("data loaded before the options were checked")
+
+    monkeypatch.setattr(run_module, "load_dataset", no_loading)
+    out = tmp_path / "exp"
+    for jobs in (0, -1):
+        with pytest.raises(ValueError, match=f"--jobs must be at least 1.*got {jobs}"):
+            run_tiny(data, out, jobs=jobs)
+    with pytest.raises(ValueError, match=r"^--jobs 2 needs a GPU: on the CPU.*10x.*use --jobs 1$"):
+        run_tiny(data, out, jobs=2, device="cpu")
+    assert not out.exists()
+
+
+def test_jobs_train_in_worker_processes_as_in_order(
+    finished: Path,
+    data: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture,
+) -> None:
+    """Runs of TINY in 2 processes on the CPU (allowed for tests): three ended before (skipped),
+    one interrupted (resumed in a worker), two new. Each ends as in `finished`, trained in order
+    in this process with the same seeds on one thread: the same losses, bitwise the same weights."""
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")  # the workers' torch threads: spawned, they inherit
+    exp = Experiment("tiny", "tiny", "tests", runs=(*TINY.runs[:3], TINY.runs[4]))
+    out = tmp_path / "exp"
+    for spec, seed in (("plain20", 0), ("plain20", 1), ("resnet20-B", 1)):
+        name = run_dir(out, exp.run(spec), seed).name
+        shutil.copytree(finished / "runs" / name, out / "runs" / name)
+    interrupted = run_dir(out, exp.run("resnet20-B"), 0)
+    from cnnlab.data import load_dataset
+
+    train("resnet20", load_dataset(data, "train", progress=False), make_recipe(steps=STEPS,
+          batch_size=BATCH), out=interrupted, test_data=load_dataset(data, "test", progress=False),
+          model_options={"shortcut": "B"}, stop_after=1, eval_every=1, log_every=1,
+          progress=False)  # fmt: skip
+
+    options = {"steps": STEPS, "batch_size": BATCH, "seeds": SEEDS, "device": "cpu"}
+    report = run_experiment(exp, data, out, jobs=2, _allow_cpu_jobs=True, **options)
+    lines = capsys.readouterr().out.splitlines()
+    assert "[1/6] plain20-s0: ended before, skipped" in lines
+    assert f"training 3 runs, 2 at a time on cpu, {STEPS} steps of {BATCH} each" in lines
+    ended = sorted(line.split(":")[0] for line in lines if ": finished, test error " in line)
+    assert ended == ["[3/6] resnet20-A-s0", "[4/6] resnet20-A-s1", "[5/6] resnet20-B-s0"]
+    assert json.loads((interrupted / "config.json").read_text())["resumes"][0]["step"] == 1
+
+    def losses(folder: Path) -> list[float]:
+        return [
+            json.loads(x)["train_loss"] for x in (folder / "metrics.jsonl").read_text().splitlines()
+        ]
+
+    keys = ("status", "test_error", "train_error", "steps", "model_options", "seed")
+    for spec in exp.runs[:3]:
+        for seed in range(SEEDS):
+            ours, theirs = run_dir(out, spec, seed), run_dir(finished, spec, seed)
+            result = json.loads((ours / RESULT_FILE).read_text())
+            expected = json.loads((theirs / RESULT_FILE).read_text())
+            assert {k: result[k] for k in keys} == {k: expected[k] for k in keys}, ours.name
+            assert losses(ours) == losses(theirs), ours.name
+            weights = load_checkpoint(ours)["model_state"]
+            for k, v in load_checkpoint(theirs)["model_state"].items():
+                assert torch.equal(weights[k], v), (ours.name, k)
+    assert (out / "runs" / "plain20-s0" / RESULT_FILE).read_text() == (
+        finished / "runs" / "plain20-s0" / RESULT_FILE
+    ).read_text()  # skipped, not trained again
+    assert list(table(report)) == ["plain20", "resnet20-A", "resnet20-B", "resnet999"]
+
+
+def test_a_run_failing_in_a_worker_is_named(
+    data: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    exp = Experiment("mini", "mini", "tests", runs=(RunSpec("resnet20"),))
+    out = tmp_path / "exp"
+    folder = run_dir(out, exp.runs[0], 0)
+    folder.mkdir(parents=True)
+    (folder / "checkpoint.pt").write_bytes(b"not a checkpoint")  # an interrupted run, damaged
+    with pytest.raises(ValueError, match=r"^run resnet20-s0 failed: .*checkpoint\.pt"):
+        run_experiment(exp, data, out, steps=STEPS, batch_size=BATCH, progress=False, jobs=2,
+                       device="cpu", _allow_cpu_jobs=True)  # fmt: skip
+    assert not (folder / RESULT_FILE).exists() and not (out / "report.md").exists()
+
+
+def test_cli_refuses_jobs(data: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    out = tmp_path / "exp"
+    args = ["experiment", "degradation", "--data", str(data), "--out", str(out)]
+    assert main([*args, "--jobs", "0"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "--jobs must be at least 1" in err
+    assert main([*args, "--jobs", "2", "--device", "cpu"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "--jobs 2 needs a GPU" in err
+    assert not out.exists()

@@ -10,11 +10,15 @@ from __future__ import annotations
 
 import argparse
 import sys
+import warnings
 from collections.abc import Sequence
 
 from cnnlab.analysis.complexity import profile
 from cnnlab.analysis.tables import models_table
 from cnnlab.models.registry import UnknownModelError, list_models
+from cnnlab.train.hardware import PRECISION_CHOICES
+
+PRECISION_HELP = "auto (default): bf16 where the hardware runs it natively, else fp32"
 
 
 class CliError(Exception):
@@ -41,7 +45,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
     try:
         train_from_spec(
             args.model, args.data, args.out, recipe=args.recipe, split=args.split,
-            steps=args.steps, epochs=args.epochs, budget=args.budget,
+            steps=args.steps, epochs=args.epochs, time_minutes=args.time, budget=args.budget,
             batch_size=args.batch_size, lr=args.lr, skip_corrupt=args.skip_corrupt,
             precision=args.precision, seed=args.seed, device=args.device, compile=args.compile,
             resume=args.resume, eval_every=args.eval_every,
@@ -103,7 +107,7 @@ def _cmd_experiment(args: argparse.Namespace) -> int:
         args.name, args.data, args.out, budget=args.budget, steps=args.steps, seeds=args.seeds,
         recipe=args.recipe, precision=args.precision, batch_size=args.batch_size,
         limit_train=args.limit_train, limit_test=args.limit_test, device=args.device,
-        compile=args.compile, progress=not args.quiet,
+        compile=args.compile, progress=not args.quiet, jobs=args.jobs,
     )  # fmt: skip
     print(f"wrote {report}")
     return 0
@@ -138,17 +142,24 @@ def build_parser() -> argparse.ArgumentParser:
     length = p.add_mutually_exclusive_group()
     length.add_argument("--steps", type=int, help="optimizer steps (milestones scale along)")
     length.add_argument("--epochs", type=float, help="passes over the training images")
+    length.add_argument("--time", type=float, metavar="MINUTES",
+                        help="size the run to end in about this many minutes here")  # fmt: skip
     p.add_argument("--budget", type=float, help="scale the recipe's steps and milestones")
     p.add_argument("--batch-size", type=int, help="global batch (split across processes)")
     p.add_argument("--lr", type=float, help="peak learning rate")
     p.add_argument("--skip-corrupt", action="store_true",
                    help="leave out unreadable images (counted) instead of stopping")  # fmt: skip
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--precision", choices=("fp32", "bf16"), help="default: the recipe's")
+    p.add_argument("--precision", choices=PRECISION_CHOICES,
+                   help=PRECISION_HELP)  # fmt: skip
     p.add_argument("--compile", action="store_true", help="torch.compile the training step")
     p.add_argument("--device", help="cpu, cuda, cuda:N (default: the GPU if any)")
     p.add_argument("--resume", action="store_true", help="continue the run in --out")
-    p.add_argument("--eval-every", type=int, help="steps between evaluations (default: 10 a run)")
+    p.add_argument(
+        "--eval-every",
+        type=int,
+        help="steps between evaluations (default: <=1 an epoch, <=10 a run)",
+    )
     p.add_argument("-O", "--option", action="append", default=[], metavar="KEY=VALUE",
                    help="model option, e.g. -O shortcut=B")  # fmt: skip
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bars or per-eval lines")
@@ -159,7 +170,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", default="cifar10", help="cifar10, cifar100 or a path")
     p.add_argument("--split", default="test", help="default: test")
     p.add_argument("--batch-size", type=int, default=500)
-    p.add_argument("--precision", choices=("fp32", "bf16"), default="fp32")
+    p.add_argument("--precision", choices=PRECISION_CHOICES, default="auto",
+                   help=PRECISION_HELP)  # fmt: skip
     p.add_argument("--device", help="cpu, cuda, cuda:N (default: the GPU if any)")
     p.set_defaults(func=_cmd_eval)
 
@@ -219,12 +231,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seeds", type=int, default=1, help="runs per network (default: 1)")
     p.add_argument("--recipe", default="he2015", choices=("he2015", "fast"),
                    help="default: he2015, the paper's")  # fmt: skip
-    p.add_argument("--precision", choices=("fp32", "bf16"), help="default: the recipe's")
+    p.add_argument("--precision", choices=PRECISION_CHOICES,
+                   help=PRECISION_HELP)  # fmt: skip
     p.add_argument("--batch-size", type=int, help="default: the recipe's")
     p.add_argument("--limit-train", type=int, help="train on this many images (default: all)")
     p.add_argument("--limit-test", type=int, help="test on this many images (default: all)")
     p.add_argument("--device", help="cpu, cuda, cuda:N (default: the GPU if any)")
     p.add_argument("--compile", action="store_true", help="torch.compile the training step")
+    p.add_argument("--jobs", type=int, default=1,
+                   help="runs trained at once, a process each (GPU only; default: 1)")  # fmt: skip
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bars or run lines")
     p.set_defaults(func=_cmd_experiment)
 
@@ -234,9 +249,18 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; returns the exit status."""
     args = build_parser().parse_args(argv)
+    format_warning = warnings.formatwarning
+    warnings.formatwarning = _format_warning
     try:
         return args.func(args)
     except (CliError, UnknownModelError, ValueError, OSError) as e:
         # User errors are one line naming the problem and what to do, never a traceback.
         print(f"cnnlab: error: {e}", file=sys.stderr)
         return 2
+    finally:
+        warnings.formatwarning = format_warning
+
+
+def _format_warning(message: Warning | str, *args: object, **kwargs: object) -> str:
+    """Warnings as one line, like errors (not Python's file:line and source line)."""
+    return f"cnnlab: warning: {message}\n"

@@ -13,15 +13,26 @@ Data: the training split ("train", all 50k images of CIFAR-10, as for the paper'
 the test split, evaluated about 20 times a run for the curves (Fig. 6 shows test error). The
 paper's 45k/5k split served its analysis; here nothing is selected, so no validation split is
 held out. The data are loaded once per experiment, and only when a run needs training.
+
+Several runs at once (`--jobs N`, issue 7): a small CIFAR network leaves most of a GPU idle, so N
+processes (spawned: CUDA does not survive a fork) each train one run at a time on the same
+device, without progress bars, and the parent prints a line as each run ends. The parent
+decodes the data into the cache first, so the workers only read it. The first run to fail stops
+the experiment: the runs not started are dropped and those in flight are stopped, to resume from
+their checkpoints when the experiment is run again. On the CPU N > 1 is refused: the processes
+would share the cores, and two training processes at once measured about 10x slower each.
 """
 
 from __future__ import annotations
 
 import contextlib
 import json
+import multiprocessing
 import os
-import platform
+import threading
 from collections.abc import Mapping
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -39,6 +50,8 @@ from cnnlab.experiments.report import (
 )
 from cnnlab.models.registry import list_models
 from cnnlab.train.checkpoint import atomic_write
+from cnnlab.train.distributed import resolve_device
+from cnnlab.train.hardware import cpu_name
 from cnnlab.train.loop import TrainingDiverged, train
 from cnnlab.train.recipes import Recipe, describe_differences, get_recipe
 
@@ -109,6 +122,8 @@ def run_experiment(
     compile: bool = False,
     cache_dir: str | os.PathLike | None = None,
     progress: bool = True,
+    jobs: int = 1,
+    _allow_cpu_jobs: bool = False,
 ) -> Path:
     """Train what an experiment needs, skipping ended runs, then write its report.
 
@@ -127,20 +142,35 @@ def run_experiment(
         compile: torch.compile the training step.
         cache_dir: where the datasets are cached.
         progress: progress bars and a line per run.
+        jobs: runs trained at once, each in its own process on `device` (see the module
+            docstring); 1 (default): one after the other in this process. More than 1 needs
+            a GPU.
+        _allow_cpu_jobs: for tests only: let jobs > 1 run on the CPU.
 
     Returns:
         The path of report.md.
 
     Raises:
-        ValueError: bad options, or `out` holding runs made with another recipe.
+        ValueError: bad options (jobs > 1 on the CPU among them), or `out` holding runs made
+            with another recipe; raised before anything is loaded or written.
         DataError: the dataset cannot be read.
+        Exception: what a run raised in a worker process (jobs > 1), its message naming the
+            run; the runs in flight are stopped and resume when the experiment is run again.
     """
     exp = get_experiment(experiment) if isinstance(experiment, str) else experiment
     if seeds < 1:
         raise ValueError(f"seeds must be at least 1, got {seeds}")
+    if jobs < 1:
+        raise ValueError(f"--jobs must be at least 1 (runs trained at once), got {jobs}")
     for name, limit in (("limit_train", limit_train), ("limit_test", limit_test)):
         if limit is not None and limit < 1:
             raise ValueError(f"{name} must be at least 1, got {limit}")
+    dev = resolve_device(device)
+    if jobs > 1 and dev.type == "cpu" and not _allow_cpu_jobs:
+        raise ValueError(
+            f"--jobs {jobs} needs a GPU: on the CPU, runs share the cores, and two training "
+            "processes at once measured about 10x slower each; use --jobs 1"
+        )
     chosen = make_recipe(
         recipe, budget=budget, steps=steps, batch_size=batch_size, precision=precision
     )
@@ -149,43 +179,154 @@ def run_experiment(
     settings = Settings(str(data), chosen, budget, seeds, limit_train, limit_test)
     limits = {"limit_train": limit_train, "limit_test": limit_test}
     registered = set(list_models())
-    jobs = [(spec, seed) for spec in exp.runs if spec.model in registered for seed in range(seeds)]
-    statuses = [run_status(run_dir(out, spec, seed), chosen, limits) for spec, seed in jobs]
-
-    loaded: dict[str, ArrayDataset] = {}
-
-    def split(name: str, limit: int | None) -> ArrayDataset:
-        if name not in loaded:
-            dataset = load_dataset(data, name, cache_dir=cache_dir, progress=progress)
-            loaded[name] = _subset(dataset, limit)
-        return loaded[name]
+    runs = [(spec, seed) for spec in exp.runs if spec.model in registered for seed in range(seeds)]
+    statuses = [run_status(run_dir(out, spec, seed), chosen, limits) for spec, seed in runs]
 
     eval_every = max(1, chosen.steps // EVAL_POINTS)
     info = {"data": str(data), "split": "full", "recipe_name": chosen.name,
             "experiment": exp.name, **limits}  # fmt: skip
-    for k, ((spec, seed), status) in enumerate(zip(jobs, statuses, strict=True), 1):
+    how = _Training(data, cache_dir, chosen, dev, compile, eval_every, info, limits)
+    pending = []
+    for k, ((spec, seed), status) in enumerate(zip(runs, statuses, strict=True), 1):
         folder = run_dir(out, spec, seed)
-        head = f"[{k}/{len(jobs)}] {folder.name}:"
+        head = f"[{k}/{len(runs)}] {folder.name}:"
         if status == "ended":
             _say(progress, f"{head} ended before, skipped")
-            continue
-        _say(progress, f"{head} {'resuming' if status == 'started' else 'training'}, "
-                       f"{chosen.steps:,} steps of {chosen.batch_size}")  # fmt: skip
-        train_data, test_data = split("train", limit_train), split("test", limit_test)
-        try:
-            result = train(
-                spec.model, train_data, chosen, out=folder, test_data=test_data,
-                model_options=dict(spec.options), seed=seed, device=device, compile=compile,
-                resume=status == "started", eval_every=eval_every,
-                log_every=min(50, eval_every), progress=progress, info=info,
-            )  # fmt: skip
-            ended = {"status": "finished", "test_error": result.test_error}
-        except TrainingDiverged as e:
-            _say(True, f"{head} {e}")  # shown even when quiet: the report marks the run
-            ended = {"status": "diverged", "test_error": None, "message": str(e)}
-        _write_result(folder, spec, seed, chosen, {**ended, **limits})
+        else:
+            pending.append(_Run(head, spec, seed, folder, resume=status == "started"))
+
+    if jobs > 1 and pending:
+        _train_in_pool(pending, how, jobs, progress)
+    else:
+        _train_in_order(pending, how, progress)
 
     return write_report(exp, out, settings)
+
+
+@dataclass(frozen=True)
+class _Training:
+    """How every run of the experiment is trained: what a worker process needs besides its run."""
+
+    data: str | os.PathLike
+    cache_dir: str | os.PathLike | None
+    recipe: Recipe
+    device: torch.device
+    compile: bool
+    eval_every: int
+    info: dict[str, object]  # for config.json
+    limits: dict[str, int | None]  # limit_train, limit_test
+
+    def load(self, split: str, progress: bool) -> ArrayDataset:
+        """The training or test split, cut to its limit (decoded once, then read from the cache)."""
+        dataset = load_dataset(self.data, split, cache_dir=self.cache_dir, progress=progress)
+        return _subset(dataset, self.limits[f"limit_{split}"])
+
+
+@dataclass(frozen=True)
+class _Run:
+    """A run still to train, and whether it resumes from its checkpoint."""
+
+    head: str  # "[3/8] resnet20-A-s0:", how its lines begin
+    spec: RunSpec
+    seed: int
+    folder: Path
+    resume: bool
+
+
+def _train_and_record(
+    run: _Run, how: _Training, train_data: ArrayDataset, test_data: ArrayDataset, progress: bool
+) -> dict[str, object]:
+    """Train one run and write its result.json (a diverged run too); returns what it wrote."""
+    try:
+        result = train(
+            run.spec.model, train_data, how.recipe, out=run.folder, test_data=test_data,
+            model_options=dict(run.spec.options), seed=run.seed, device=how.device,
+            compile=how.compile, resume=run.resume, eval_every=how.eval_every,
+            log_every=min(50, how.eval_every), progress=progress, info=how.info,
+        )  # fmt: skip
+        ended = {"status": "finished", "test_error": result.test_error}
+    except TrainingDiverged as e:
+        ended = {"status": "diverged", "test_error": None, "message": str(e)}
+    return _write_result(run.folder, run.spec, run.seed, how.recipe, {**ended, **how.limits})
+
+
+def _train_in_order(runs: list[_Run], how: _Training, progress: bool) -> None:
+    """Train `runs` one after the other in this process, loading the data for the first."""
+    loaded: dict[str, ArrayDataset] = {}
+    for run in runs:
+        _say(progress, f"{run.head} {'resuming' if run.resume else 'training'}, "
+                       f"{how.recipe.steps:,} steps of {how.recipe.batch_size}")  # fmt: skip
+        if not loaded:
+            loaded = {split: how.load(split, progress) for split in ("train", "test")}
+        result = _train_and_record(run, how, loaded["train"], loaded["test"], progress)
+        if result["status"] == "diverged":
+            _say(True, f"{run.head} {result['message']}")  # even when quiet: the report marks it
+
+
+def _train_in_worker(run: _Run, how: _Training) -> dict[str, object]:
+    """A task of the pool: load the two splits (from the cache), train the run, record it."""
+    return _train_and_record(run, how, how.load("train", False), how.load("test", False), False)
+
+
+def _train_in_pool(runs: list[_Run], how: _Training, jobs: int, progress: bool) -> None:
+    """Train `runs`, `jobs` at a time in spawned processes; a line as each ends."""
+    for split in ("train", "test"):  # decoded here once, so that the workers only read the cache
+        how.load(split, progress)
+    workers = min(jobs, len(runs))
+    _say(progress, f"training {len(runs)} runs, {workers} at a time on {how.device}, "
+                   f"{how.recipe.steps:,} steps of {how.recipe.batch_size} each")  # fmt: skip
+    before = set(multiprocessing.active_children())  # not ours to stop
+    context = multiprocessing.get_context("spawn")  # CUDA cannot be used in a forked process
+    with ProcessPoolExecutor(workers, context, initializer=_start_worker) as pool:
+        futures = {pool.submit(_train_in_worker, run, how): run for run in runs}
+        try:
+            for future in as_completed(futures):
+                run = futures[future]
+                try:
+                    result = future.result()
+                except Exception as e:
+                    raise _naming_run(e, run.folder.name) from e
+                diverged = result["status"] == "diverged"
+                _say(progress or diverged, f"{run.head} {_ended_line(result)}")
+        except BaseException:
+            # A failed run or Ctrl-C: stop the runs in flight (they resume from their checkpoints)
+            # and drop those not started; left alone, the pool would train them all first.
+            # ProcessPoolExecutor has no public way to stop its workers before Python 3.14.
+            for process in set(multiprocessing.active_children()) - before:
+                process.terminate()
+            pool.shutdown(cancel_futures=True)  # returns once the pool has seen its workers end
+            raise
+
+
+def _start_worker() -> None:
+    """A worker shows no progress bar, so tqdm's lock there can be a thread lock: its default, a
+    multiprocessing semaphore, would outlive a worker stopped by terminate() and be reported as
+    leaked when the experiment exits."""
+    from tqdm import tqdm
+
+    tqdm.set_lock(threading.RLock())
+
+
+def _naming_run(error: Exception, run: str) -> Exception:
+    """A worker's exception with the run in its message: of the same class where that takes a
+    message alone (the CLI prints ValueError and OSError as one line), else a RuntimeError."""
+    message = f"run {run} failed: {error}"
+    try:
+        return type(error)(message)
+    except Exception:  # a class that wants other arguments
+        return RuntimeError(f"run {run} failed: {type(error).__name__}: {error}")
+
+
+def _ended_line(result: Mapping[str, object]) -> str:
+    """'finished, test error 8.91%, 41.2 min' or the divergence message."""
+    if result["status"] == "diverged":
+        return str(result["message"])
+    parts = ["finished"]
+    if result["test_error"] is not None:
+        parts.append(f"test error {result['test_error']:.2f}%")
+    if result["elapsed_s"] is not None:
+        parts.append(f"{result['elapsed_s'] / 60:.1f} min")
+    return ", ".join(parts)
 
 
 def _subset(dataset: ArrayDataset, limit: int | None) -> ArrayDataset:
@@ -198,7 +339,7 @@ def _subset(dataset: ArrayDataset, limit: int | None) -> ArrayDataset:
 
 def _write_result(
     folder: Path, spec: RunSpec, seed: int, recipe: Recipe, ended: dict[str, object]
-) -> None:
+) -> dict[str, object]:
     """result.json: the run ended; its final errors (percent) and the time it took."""
     train_error = elapsed = None
     metrics = folder / "metrics.jsonl"
@@ -212,21 +353,13 @@ def _write_result(
     result = {
         "run": spec.name, "model": spec.model, "model_options": dict(spec.options),
         "seed": seed, **ended, "train_error": train_error, "elapsed_s": elapsed,
-        "steps": recipe.steps, "recipe": recipe.to_dict(), "cpu": _cpu_name(),
+        "steps": recipe.steps, "recipe": recipe.to_dict(), "cpu": cpu_name(),
         "ended": datetime.now(UTC).isoformat(timespec="seconds"),
     }  # fmt: skip
     folder.mkdir(parents=True, exist_ok=True)
     text = json.dumps(result, indent=1, default=str) + "\n"
     atomic_write(folder / RESULT_FILE, lambda f: f.write(text.encode()))
-
-
-def _cpu_name() -> str:
-    """The processor's model name ("AMD EPYC 7R13 Processor"), where the system tells it."""
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.partition(":")[2].strip()
-    return platform.processor() or platform.machine()
+    return result
 
 
 def _say(enabled: bool, line: str) -> None:

@@ -7,7 +7,6 @@ whole batches on the device. Errors are in percent.
 
 from __future__ import annotations
 
-import contextlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,11 +18,11 @@ from cnnlab.data import ArrayDataset, Normalize
 from cnnlab.models.registry import create_model
 from cnnlab.train.checkpoint import CheckpointError, load_checkpoint
 from cnnlab.train.distributed import DistEnv, all_reduce_sum, resolve_device
+from cnnlab.train.hardware import autocast, choose_arithmetic
 
 __all__ = [
     "EvalResult",
     "Prediction",
-    "autocast",
     "evaluate",
     "evaluate_checkpoint",
     "input_normalize",
@@ -39,13 +38,6 @@ def input_normalize(
     return Normalize(
         torch.as_tensor(mean, dtype=torch.float32), torch.as_tensor(std, dtype=torch.float32)
     ).to(device)
-
-
-def autocast(device: torch.device, precision: str) -> contextlib.AbstractContextManager[object]:
-    """bfloat16 autocast for precision "bf16", nothing for "fp32"."""
-    if precision == "bf16":
-        return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
-    return contextlib.nullcontext()
 
 
 @dataclass(frozen=True)
@@ -140,9 +132,11 @@ def evaluate_checkpoint(
     *,
     device: str | None = None,
     batch_size: int = 500,
-    precision: str = "fp32",
+    precision: str = "auto",
 ) -> EvalResult:
     """Top-1 and top-5 error of a checkpoint's network on `data`.
+
+    `precision` "auto" evaluates in bfloat16 where the device runs it natively (hardware.py).
 
     Raises:
         ValueError: `data` has other classes than the network was trained on.
@@ -156,7 +150,12 @@ def evaluate_checkpoint(
             f"({_preview(data.classes)})"
         )
     normalize = input_normalize(state["mean"], state["std"], dev)
-    return evaluate(net, data, normalize, device=dev, batch_size=batch_size, precision=precision)
+    arithmetic = choose_arithmetic(dev, precision)
+    net = net.to(memory_format=arithmetic.memory_format)
+    return evaluate(
+        net, data, normalize, device=dev, batch_size=batch_size,
+        precision=arithmetic.precision, memory_format=arithmetic.memory_format,
+    )  # fmt: skip
 
 
 @dataclass(frozen=True)

@@ -1,9 +1,16 @@
-"""The training loop: set lr, forward, loss, backward, step, evaluate, checkpoint.
+"""The training loop: pick a batch, augment it, step, and the bookkeeping around the step.
 
 Speed lives in the data path and the step, not in the model: the whole training set sits on
-the device as one uint8 tensor; each step indexes a batch, crops and flips it as a batch,
-normalises it in one multiply-add and runs the model in channels_last layout, optionally under
-bfloat16 autocast and torch.compile.
+the device as one uint8 tensor; each step indexes a batch and crops and flips it as a batch;
+the step (step.py) normalises it, runs forward, loss, backward and the optimizer update in the
+precision and layout chosen for the hardware (hardware.py), as a CUDA graph on a GPU. The loop
+never branches on the device; its schedule, logging, evaluations and checkpoints stay outside
+the step.
+
+The precision ("auto" by default) is resolved once when a run starts, printed in one line with
+its reason and recorded in config.json and the checkpoints; a resumed run keeps it. With a
+time budget (`time_minutes`) the run first measures its step here and fixes its length so that
+it ends in about that time (timing.py).
 
 Every random choice of step t is derived from (seed, t) alone: the order of epoch e is a
 permutation drawn from a generator seeded with (seed, e), the crops and flips of step t from
@@ -35,6 +42,7 @@ distributed.py.
 
 from __future__ import annotations
 
+import copy
 import gc
 import hashlib
 import json
@@ -52,12 +60,12 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from torch import Tensor, nn
-from torch.nn.parallel import DistributedDataParallel
+from torch import nn
 
 import cnnlab
 from cnnlab.data import ArrayDataset, Normalize, random_crop_flip
 from cnnlab.models.registry import create_model, model_card
+from cnnlab.train import timing
 from cnnlab.train.checkpoint import CheckpointError, atomic_write, load_checkpoint, save_checkpoint
 from cnnlab.train.distributed import (
     DistEnv,
@@ -66,9 +74,11 @@ from cnnlab.train.distributed import (
     init_from_env,
     resolve_device,
 )
-from cnnlab.train.evaluate import EvalResult, autocast, evaluate
+from cnnlab.train.evaluate import EvalResult, evaluate
+from cnnlab.train.hardware import Arithmetic, choose_arithmetic, machine_info
 from cnnlab.train.recipes import Recipe, describe_differences
 from cnnlab.train.schedules import SlowStart, learning_rate
+from cnnlab.train.step import TrainStep
 
 __all__ = ["TrainResult", "TrainingDiverged", "train"]
 
@@ -112,6 +122,7 @@ def train(
     checkpoint_every: int | None = None,
     log_every: int = 50,
     stop_after: int | None = None,
+    time_minutes: float | None = None,
     progress: bool = True,
     info: Mapping[str, object] | None = None,
 ) -> TrainResult:
@@ -120,7 +131,7 @@ def train(
     Args:
         model: a registered model name; built with `num_classes=len(train_data.classes)`.
         train_data: the training images (uint8, on any device; moved to `device` whole).
-        recipe: optimizer, schedule, precision; see recipes.py.
+        recipe: optimizer, schedule, precision ("auto": by the hardware); see recipes.py.
         out: the run folder (config.json, metrics.jsonl, checkpoint.pt, best.pt). None: no
             files are written and `resume` is not possible.
         val_data: held-out images for model selection (best.pt), e.g. the 5k of 45k/5k.
@@ -130,12 +141,15 @@ def train(
         device: "cpu", "cuda", "cuda:1"; None: the GPU if there is one.
         compile: run the training step's forward through torch.compile.
         resume: continue the run in `out` from its checkpoint.pt.
-        eval_every: evaluate val/test data every this many steps (default: 10 times a run).
+        eval_every: evaluate val/test data every this many steps (default: at most once an
+            epoch and at most 10 times a run; always after the last step).
         checkpoint_every: write checkpoint.pt every this many steps (default: every epoch
             and at each evaluation).
         log_every: sync, check the loss and write a metrics line every this many steps.
         stop_after: stop before this step without writing anything more, as a killed run
             would (for tests of resume, and for time-boxed jobs that resume later).
+        time_minutes: size the run to end in about this many minutes of training and
+            evaluation on this machine (replaces the recipe's steps; see timing.py).
         progress: show a progress bar (process 0 only).
         info: extra entries for config.json (the command line, the data's source and split).
 
@@ -145,7 +159,7 @@ def train(
         ValueError: options out of range, a run folder that already holds a run, a model that
             does not take the data's image size.
     """
-    dev = device if isinstance(device, torch.device) else resolve_device(device)
+    dev = resolve_device(None if device is None else str(device))  # "cuda" -> cuda:LOCAL_RANK
     if dev.type == "cuda":
         torch.cuda.set_device(dev)  # before joining an nccl process group
     env = init_from_env(dev)
@@ -155,7 +169,8 @@ def train(
             val_data=val_data, test_data=test_data, options=dict(model_options or {}),
             seed=seed, device=dev, env=env, compile=compile, resume=resume,
             eval_every=eval_every, checkpoint_every=checkpoint_every, log_every=log_every,
-            stop_after=stop_after, progress=progress, info=dict(info or {}),
+            stop_after=stop_after, time_minutes=time_minutes, progress=progress,
+            info=dict(info or {}),
         )  # fmt: skip
     except BaseException as e:
         if env.distributed:  # the frames' locals would keep the DDP wrapper alive; see below
@@ -187,11 +202,14 @@ def _train(
     checkpoint_every: int | None,
     log_every: int,
     stop_after: int | None,
+    time_minutes: float | None,
     progress: bool,
     info: dict[str, object],
 ) -> TrainResult:
     if not 0 <= seed < 2**63:
         raise ValueError(f"seed must be a non-negative integer, got {seed}")
+    if time_minutes is not None and not (time_minutes > 0 and math.isfinite(time_minutes)):
+        raise ValueError(f"--time must be a positive number of minutes, got {time_minutes}")
     n_train = len(train_data)
     batch = recipe.batch_size
     if batch % env.world_size:
@@ -202,10 +220,7 @@ def _train(
     steps_per_epoch = n_train // batch  # the last incomplete batch of an epoch is dropped
     if steps_per_epoch < 1:
         raise ValueError(f"batch size {batch} is larger than the training set ({n_train} images)")
-    total = recipe.steps
-    eval_every = eval_every or max(1, math.ceil(total / 10))
-    checkpoint_every = checkpoint_every or min(eval_every, steps_per_epoch)
-    if min(eval_every, checkpoint_every, log_every) < 1:
+    if min(eval_every or 1, checkpoint_every or 1, log_every) < 1:
         raise ValueError("eval_every, checkpoint_every and log_every must be at least 1")
     ckpt_path = best_path = metrics_path = None
     if out is not None:
@@ -214,6 +229,18 @@ def _train(
         resume = check_run_folder(out, resume, create=False)
     elif resume:
         raise ValueError("resume needs the run folder (--out) that holds the checkpoint")
+    state = None
+    if resume:
+        assert ckpt_path is not None
+        state = load_checkpoint(ckpt_path, model=model_name)
+        if time_minutes is not None:  # sized when it started: keep its length
+            recipe = recipe.with_steps(int(state["recipe"]["steps"]))
+    # A resumed run keeps the arithmetic it started with, wherever it resumes.
+    saved = state.get("arithmetic") if state is not None else None
+    if saved is not None and recipe.precision == "auto":
+        arithmetic = Arithmetic(**saved)
+    else:
+        arithmetic = choose_arithmetic(device, recipe.precision, recipe.channels_last)
 
     # Normalisation statistics come from the training images only (not val, not test).
     normalize = Normalize.fit(train_data.images, recipe.normalize).to(device)
@@ -224,17 +251,32 @@ def _train(
     torch.manual_seed(seed)
     net = create_model(model_name, num_classes=len(train_data.classes), **options)
     _check_input_size(net, model_name, train_data)
-    memory_format = torch.channels_last if recipe.channels_last else torch.contiguous_format
+    memory_format = arithmetic.memory_format
     net = net.to(device, memory_format=memory_format)
-    optimizer = _optimizer(net, recipe)
+    images = train_data.images.to(device)
+    labels = train_data.labels.to(device)
+
+    def make_step(network: nn.Module) -> TrainStep:
+        return TrainStep(network, recipe, arithmetic, normalize, device,
+                         distributed=env.distributed, compile=compile)  # fmt: skip
+
+    sizing = None
+    if time_minutes is not None and state is None:
+        held = [d for d in (val_data, test_data) if d is not None]
+        sizing = _size_run(time_minutes, make_step, net, images, labels, local, held,
+                           normalize, arithmetic, device, env, steps_per_epoch)  # fmt: skip
+        recipe = recipe.with_steps(sizing.steps)
+    total = recipe.steps
+    eval_every = eval_every or timing.eval_interval(total, steps_per_epoch)
+    checkpoint_every = checkpoint_every or min(eval_every, steps_per_epoch)
+    train_step = make_step(net)
     slow_start = SlowStart.for_model(recipe, model_name)
     start, best_val, clock = 0, None, {"elapsed_s": 0.0, "train_s": 0.0}
-    if resume:
-        assert ckpt_path is not None and metrics_path is not None
-        state = load_checkpoint(ckpt_path, model=model_name)
+    if state is not None:
+        assert ckpt_path is not None
         _check_same_run(state, options, recipe, seed, ckpt_path)
         net.load_state_dict(state["model_state"])
-        optimizer.load_state_dict(state["optimizer"])
+        train_step.load_optimizer_state(state["optimizer"])
         slow_start.load_state_dict(state["slow_start"])
         start, best_val = int(state["step"]), state["best_val_error"]
         clock = {k: float(state[k]) for k in clock}
@@ -252,12 +294,17 @@ def _train(
         metrics_path.unlink(missing_ok=True)  # of a run killed before its first checkpoint
         config = _config(model_name, options, recipe, seed, train_data, val_data, test_data,
                          device, env, compile, info)  # fmt: skip
+        config["arithmetic"] = arithmetic.to_dict()
+        config["step"] = train_step.describe()
+        if sizing is not None:
+            config["time_budget"] = sizing.to_dict()
         atomic_write(out / "config.json", lambda f: f.write(_json(config).encode() + b"\n"))
 
     meta = {
         "model": model_name, "model_options": options, "num_classes": len(train_data.classes),
         "classes": list(train_data.classes), "image_shape": list(train_data.images.shape[1:]),
         "mean": mean, "std": std, "recipe": recipe.to_dict(), "seed": seed,
+        "arithmetic": arithmetic.to_dict(),
     }  # fmt: skip
 
     def save(path: Path, step: int, metrics: dict[str, Any]) -> None:
@@ -271,24 +318,16 @@ def _train(
         if not env.is_main:
             return
         save_checkpoint(path, {
-            **meta, "model_state": net.state_dict(), "optimizer": optimizer.state_dict(),
+            **meta, "model_state": net.state_dict(),
+            "optimizer": train_step.optimizer.state_dict(),
             "step": step, "slow_start": slow_start.state_dict(), "best_val_error": best_val,
             "elapsed_s": clock["elapsed_s"], "train_s": clock["train_s"], "metrics": metrics,
         })  # fmt: skip
 
-    forward: nn.Module = _TrainForward(net)
-    if env.distributed:
-        forward = DistributedDataParallel(
-            forward, device_ids=[device] if device.type == "cuda" else None
-        )
-    if compile:
-        forward = torch.compile(forward)  # type: ignore[assignment]
-    images = train_data.images.to(device)
-    labels = train_data.labels.to(device)
     held_out = {"val": val_data, "test": test_data}
 
-    def evaluate_all(precision: str) -> dict[str, EvalResult]:
-        how = {"device": device, "precision": precision, "memory_format": memory_format}
+    def evaluate_all() -> dict[str, EvalResult]:
+        how = {"device": device, "precision": arithmetic.precision, "memory_format": memory_format}
         return {
             name: evaluate(net, data, normalize, env=env, **how)  # type: ignore[arg-type]
             for name, data in held_out.items()
@@ -296,6 +335,8 @@ def _train(
         }
 
     verbose = progress and env.is_main
+    if verbose:
+        print(f"{arithmetic.reason}; {train_step.describe()}", flush=True)
     bar = _progress_bar(total, start, enabled=verbose)
     sums = torch.zeros(3, dtype=torch.float64, device=device)  # loss * n, wrong, n
     rows: list[dict[str, Any]] = []
@@ -310,8 +351,6 @@ def _train(
             order = torch.randperm(n_train, generator=_generator(seed, "epoch", epoch))
             order = order.to(device)
         lr = learning_rate(recipe, step, slow_start)
-        for group in optimizer.param_groups:
-            group["lr"] = lr
         torch.manual_seed(_seed(seed, "step", step))  # dropout
         idx = order[i * batch : (i + 1) * batch]
         x, y = images[idx], labels[idx]
@@ -322,22 +361,8 @@ def _train(
                 x, padding=PADDING, generator=_generator(seed, "augment", step, device)
             )
         share = slice(env.rank * local, (env.rank + 1) * local)
-        x, y = x[share], y[share]
-
-        with autocast(device, recipe.precision):
-            outputs = forward(normalize(x).contiguous(memory_format=memory_format))
-        logits = outputs[0].float()
-        loss = nn.functional.cross_entropy(logits, y, label_smoothing=recipe.label_smoothing)
-        for aux in outputs[1:]:  # GoogLeNet's auxiliary classifiers
-            loss = loss + recipe.aux_weight * nn.functional.cross_entropy(
-                aux.float(), y, label_smoothing=recipe.label_smoothing
-            )
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-
-        wrong = (logits.detach().argmax(dim=1) != y).sum()
-        sums[0] += loss.detach() * local
+        loss, wrong = train_step(x[share], y[share], lr)
+        sums[0] += loss * local
         sums[1] += wrong
         sums[2] += local
         if slow_start.active:  # needs this step's error on every process now: a sync point
@@ -372,9 +397,7 @@ def _train(
             "images_per_s": (done - last_log) * batch / max(now - t_mark, 1e-9),
             "elapsed_s": None, "train_s": round(clock["train_s"], 3),
         }  # fmt: skip
-        # The last evaluation is in float32 whatever the training precision: it is reported.
-        precision = "fp32" if done == total else recipe.precision
-        results = evaluate_all(precision) if is_eval else {}
+        results = evaluate_all() if is_eval else {}
         for name, result in results.items():
             row[f"{name}_error"] = result.top1_error
             row[f"{name}_top5_error"] = result.top5_error
@@ -407,7 +430,7 @@ def _train(
     if rows and rows[-1]["step"] == total:
         final = rows[-1]
     else:  # resumed a run that had already finished: evaluate its final weights again
-        final = {f"{k}_{m}": v for k, r in evaluate_all("fp32").items()
+        final = {f"{k}_{m}": v for k, r in evaluate_all().items()
                  for m, v in (("error", r.top1_error), ("top5_error", r.top5_error))}  # fmt: skip
     result.test_error = final.get("test_error")
     result.test_top5_error = final.get("test_top5_error")
@@ -422,42 +445,54 @@ def _train(
             best_net.load_state_dict(best["model_state"])
             best_net.to(device, memory_format=memory_format)
             result.best_test_error = evaluate(
-                best_net, test_data, normalize, device=device, env=env
-            ).top1_error
+                best_net, test_data, normalize, device=device, env=env,
+                precision=arithmetic.precision, memory_format=memory_format,
+            ).top1_error  # fmt: skip
     if verbose:
         _print_final(result, out)
     return result
 
 
-class _TrainForward(nn.Module):
-    """The outputs the loss needs: (logits,), or GoogLeNet's (logits, aux1, aux2).
+def _size_run(
+    minutes: float,
+    make_step: Any,
+    net: nn.Module,
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    local: int,
+    held_out: list[ArrayDataset],
+    normalize: Normalize,
+    arithmetic: Arithmetic,
+    device: torch.device,
+    env: DistEnv,
+    steps_per_epoch: int,
+) -> timing.Sizing:
+    """Measure a step and an evaluation here; the steps that fit in `minutes` (timing.py).
 
-    A module of its own so that DistributedDataParallel and torch.compile see the auxiliary
-    heads' forward too (calling `net.forward_with_aux` around the wrapper would bypass DDP's
-    gradient synchronisation).
+    A copy of the network trains for the measurement, so the run itself starts untouched.
+    With several processes, process 0's figure is used by all.
     """
+    probe = make_step(copy.deepcopy(net))
+    n = len(images)
 
-    def __init__(self, net: nn.Module) -> None:
-        super().__init__()
-        self.net = net
+    def step(i: int) -> torch.Tensor:
+        idx = torch.arange(i * local, (i + 1) * local, device=device) % n
+        return probe(images[idx], labels[idx], 0.0)[0]
 
-    def forward(self, x: Tensor) -> tuple[Tensor, ...]:
-        if hasattr(self.net, "forward_with_aux"):
-            return tuple(self.net.forward_with_aux(x))
-        return (self.net(x),)
-
-
-def _optimizer(net: nn.Module, recipe: Recipe) -> torch.optim.SGD:
-    params = [p for p in net.parameters() if p.requires_grad]
-    if recipe.decay_norm_and_bias:
-        groups = [{"params": params, "weight_decay": recipe.weight_decay}]
-    else:  # BatchNorm scales and shifts and all biases are 1-d
-        groups = [
-            {"params": [p for p in params if p.ndim > 1], "weight_decay": recipe.weight_decay},
-            {"params": [p for p in params if p.ndim <= 1], "weight_decay": 0.0},
-        ]
-    groups = [g for g in groups if g["params"]]
-    return torch.optim.SGD(groups, lr=recipe.lr, momentum=recipe.momentum, nesterov=recipe.nesterov)
+    step_s = timing.measure(step, sync=lambda loss: loss.item())
+    eval_image_s, eval_images = 0.0, sum(len(d) for d in held_out)
+    if held_out:
+        sample = held_out[0].subset(torch.arange(min(len(held_out[0]), 500)))
+        how = {"device": device, "precision": arithmetic.precision,
+               "memory_format": arithmetic.memory_format}  # fmt: skip
+        evaluate(probe.net, sample, normalize, **how)  # type: ignore[arg-type]  # warm-up
+        start = timing.clock()
+        evaluate(probe.net, sample, normalize, **how)  # type: ignore[arg-type]
+        eval_image_s = (timing.clock() - start) / len(sample)
+    steps = timing.steps_for_time(60 * minutes, step_s, eval_image_s * eval_images, steps_per_epoch)
+    if env.distributed:
+        steps = int(all_reduce_sum(torch.tensor([steps * env.is_main], device=device), env))
+    return timing.Sizing(minutes, round(step_s, 6), round(eval_image_s, 9), steps)
 
 
 def _seed(seed: int, kind: str, index: int) -> int:
@@ -633,15 +668,7 @@ def _config(
             "torch": torch.__version__,
             "numpy": numpy.__version__,
         },
-        "machine": {
-            "device": str(device),
-            "device_name": torch.cuda.get_device_name(device)
-            if device.type == "cuda"
-            else platform.processor() or platform.machine(),
-            "platform": platform.platform(),
-            "cpu_count": os.cpu_count(),
-            "torch_threads": torch.get_num_threads(),
-        },
+        "machine": {**machine_info(device), "cpu_count": os.cpu_count()},
     }
 
 

@@ -12,7 +12,9 @@ steps too and scale with `steps` (`with_steps`, `scaled`), so `--epochs 30` or `
 keep the shape of the schedule.
 
 Precision and memory layout are recorded here because they change the arithmetic of a run
-(bfloat16 autocast rounds activations), though not the model.
+(bfloat16 autocast rounds activations), though not the model. Every recipe leaves them to the
+hardware by default ("auto", see hardware.py): bfloat16 where the device runs it natively,
+float32 elsewhere; config.json records what was chosen and why.
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ from cnnlab.models.registry import check_choice
 __all__ = ["FAST", "HE2015", "RECIPES", "Recipe", "describe_differences", "get_recipe"]
 
 SCHEDULES = ("step", "linear", "cosine")
-PRECISIONS = ("fp32", "bf16")
+PRECISIONS = ("auto", "fp32", "bf16")
 NORMALIZE = ("channel", "pixel")
 
 
@@ -60,8 +62,9 @@ class Recipe:
     # Input normalisation from the training images: "pixel" subtracts the per-pixel mean (the
     # paper, section 4.2); "channel" subtracts the per-channel mean and divides by the std.
     normalize: str = "channel"
-    precision: str = "fp32"  # "fp32" | "bf16" (autocast; weights and optimizer stay float32)
-    channels_last: bool = True  # NHWC memory layout: same math, faster convolutions
+    # "auto" (by the hardware) | "fp32" | "bf16" (autocast; weights and optimizer stay float32)
+    precision: str = "auto"
+    channels_last: bool | None = None  # NHWC layout: same math; None: where it is faster
 
     def __post_init__(self) -> None:
         check_choice("schedule", self.schedule, SCHEDULES)
@@ -157,7 +160,6 @@ HE2015 = Recipe(
     weight_decay=1e-4,
     augment=True,
     normalize="pixel",
-    precision="fp32",
 )
 
 # Our recipe for short runs on a CPU. Measured on this project's 2-core machine (CIFAR-10 JPEG
@@ -172,10 +174,10 @@ HE2015 = Recipe(
 # - about 20 epochs of the 50k training images (3,900 steps of 256) instead of 164;
 # - weight decay 5e-4, not on BatchNorm and biases (shorter runs want more of it);
 # - label smoothing 0.1;
-# - bfloat16 autocast and channels_last memory layout, for speed (weights stay float32).
+# - precision and layout by the hardware (bfloat16 where native; weights stay float32).
 FAST = Recipe(
     name="fast",
-    source="cnnlab: short linear warm-up and decay, Nesterov, label smoothing, bfloat16",
+    source="cnnlab: short linear warm-up and decay, Nesterov, label smoothing",
     batch_size=256,
     steps=3_900,
     lr=0.2,
@@ -188,7 +190,6 @@ FAST = Recipe(
     label_smoothing=0.1,
     augment=True,
     normalize="channel",
-    precision="bf16",
 )
 
 RECIPES: dict[str, Recipe] = {r.name: r for r in (HE2015, FAST)}

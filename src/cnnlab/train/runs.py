@@ -10,6 +10,7 @@ reported for the final weights and for best.pt.
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Sequence
 from pathlib import Path
@@ -19,6 +20,7 @@ from cnnlab.models.registry import check_choice, model_card
 from cnnlab.train.checkpoint import load_checkpoint
 from cnnlab.train.distributed import resolve_device
 from cnnlab.train.evaluate import EvalResult, evaluate_checkpoint
+from cnnlab.train.hardware import check_device
 from cnnlab.train.loop import TrainResult, check_run_folder, train
 from cnnlab.train.recipes import get_recipe
 
@@ -37,6 +39,7 @@ def train_from_spec(
     split: str = "full",
     steps: int | None = None,
     epochs: float | None = None,
+    time_minutes: float | None = None,
     budget: float | None = None,
     batch_size: int | None = None,
     lr: float | None = None,
@@ -55,19 +58,26 @@ def train_from_spec(
 
     The recipe's fields are overridden by the arguments that are not None; `steps` or
     `epochs` rescale its milestones and warm-up, and `budget` scales its steps after that.
+    `time_minutes` instead sizes the run to end in about that many minutes on this machine
+    (measured when it starts; see timing.py).
 
     Raises:
         ValueError: conflicting or out-of-range options; see also `train`.
         DataError: the dataset cannot be read.
     """
     check_choice("split", split, tuple(SPLITS))
-    if steps is not None and epochs is not None:
-        raise ValueError("give --steps or --epochs, not both")
+    if sum(v is not None for v in (steps, epochs, time_minutes)) > 1:
+        raise ValueError("give one of --steps, --epochs and --time")
+    if time_minutes is not None and budget is not None:
+        raise ValueError("--time sizes the run itself; drop --budget")
+    if time_minutes is not None and not (time_minutes > 0 and math.isfinite(time_minutes)):
+        raise ValueError(f"--time must be a positive number of minutes, got {time_minutes}")
     chosen = get_recipe(recipe).replace(batch_size=batch_size, lr=lr, precision=precision)
     # Bad options fail before a long first decode of the data.
     model_card(model)
     check_run_folder(Path(out), resume, create=False)
     dev = resolve_device(device)
+    check_device(dev)
     show = progress and int(os.environ.get("RANK", "0")) == 0
     train_split, val_split = SPLITS[split]
 
@@ -85,11 +95,11 @@ def train_from_spec(
         chosen = chosen.with_steps(steps)
     if budget is not None:
         chosen = chosen.scaled(budget)
-    info = {"data": str(data), "split": split, "recipe_name": recipe}
+    info = {"data": str(data), "split": split, "recipe_name": recipe, "time_minutes": time_minutes}
     return train(
         model, train_data, chosen, out=Path(out), val_data=val_data, test_data=test_data,
         model_options=model_options, seed=seed, device=dev, compile=compile, resume=resume,
-        eval_every=eval_every, progress=progress, info=info,
+        eval_every=eval_every, time_minutes=time_minutes, progress=progress, info=info,
     )  # fmt: skip
 
 
@@ -100,7 +110,7 @@ def evaluate_from_spec(
     split: str = "test",
     device: str | None = None,
     batch_size: int = 500,
-    precision: str = "fp32",
+    precision: str = "auto",
     cache_dir: str | os.PathLike | None = None,
     progress: bool = True,
 ) -> EvalResult:

@@ -1,0 +1,208 @@
+"""The training step as one unit: a batch and a learning rate in, device tensors out.
+
+    step = TrainStep(net, recipe, arithmetic, normalize, device)
+    loss, wrong = step(x_uint8, y, lr)     # forward, loss, backward, optimizer update
+
+The step owns what makes it fast on a given machine, decided once when it is built from the
+hardware (see hardware.py) and never branched on by the loop: the precision (bfloat16 autocast
+or float32), the memory layout (channels_last or NCHW), the optimizer (fused SGD, one kernel
+for all parameters), and on CUDA a CUDA graph of the whole step.
+
+CUDA graphs. At the recipe's batch sizes the CIFAR networks' kernels are small: launched one
+by one from Python, resnet20 trains at ~20k images/s on an H100 whose arithmetic allows several
+times that (issue 7). The step is therefore captured once as a CUDA graph (forward, loss,
+backward and the optimizer update) and replayed each step: one launch, no Python per kernel.
+What a graph needs, and how the step provides it:
+- fixed addresses: the batch is copied into static input tensors; gradients and momentum
+  buffers are allocated by the warm-up steps and the capture, and reused by every replay;
+- no host sync inside: the learning rate is a device tensor the fused optimizer reads, set by
+  `fill_` before each replay (an asynchronous kernel), so a captured step follows the
+  schedule; loss and error counts stay on the device;
+- no cached casts: autocast's weight cache is off (it would hold casts made at capture).
+The first WARMUP_STEPS calls run eagerly on a side stream (they are real training steps), the
+next one captures and replays. Graphs are not used with several processes (DDP's gradient
+all-reduce) or with torch.compile (which has its own, `--compile`).
+
+Determinism. On the CPU a step is a deterministic function of its inputs, so a resumed run
+ends bitwise equal to an uninterrupted one (tests/test_train.py). On CUDA cuDNN picks its
+convolution algorithms by timing them (cudnn.benchmark), and atomics make some backward
+kernels non-deterministic: runs with one seed agree in their statistics, not in their bits,
+and a resumed run continues the same schedule and data order but not bitwise the same weights.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+from torch.nn.parallel import DistributedDataParallel
+
+from cnnlab.data import Normalize
+from cnnlab.train.hardware import Arithmetic, autocast
+from cnnlab.train.recipes import Recipe
+
+__all__ = ["TrainStep", "make_optimizer"]
+
+WARMUP_STEPS = 3  # eager steps before the capture: cuDNN's algorithm search, buffers allocated
+
+
+def make_optimizer(net: nn.Module, recipe: Recipe, lr: Tensor) -> torch.optim.SGD:
+    """SGD with momentum as the recipe says, fused, reading its learning rate from `lr`.
+
+    Without `decay_norm_and_bias`, BatchNorm scales and shifts and all biases (the 1-d
+    parameters) get no weight decay.
+    """
+    params = [p for p in net.parameters() if p.requires_grad]
+    if recipe.decay_norm_and_bias:
+        groups = [{"params": params, "weight_decay": recipe.weight_decay}]
+    else:
+        groups = [
+            {"params": [p for p in params if p.ndim > 1], "weight_decay": recipe.weight_decay},
+            {"params": [p for p in params if p.ndim <= 1], "weight_decay": 0.0},
+        ]
+    groups = [g for g in groups if g["params"]]
+    return torch.optim.SGD(
+        groups, lr=lr, momentum=recipe.momentum, nesterov=recipe.nesterov, fused=True
+    )
+
+
+class TrainForward(nn.Module):
+    """The outputs the loss needs: (logits,), or GoogLeNet's (logits, aux1, aux2).
+
+    A module of its own so that DistributedDataParallel and torch.compile see the auxiliary
+    heads' forward too (calling `net.forward_with_aux` around the wrapper would bypass DDP's
+    gradient synchronisation).
+    """
+
+    def __init__(self, net: nn.Module) -> None:
+        super().__init__()
+        self.net = net
+
+    def forward(self, x: Tensor) -> tuple[Tensor, ...]:
+        if hasattr(self.net, "forward_with_aux"):
+            return tuple(self.net.forward_with_aux(x))
+        return (self.net(x),)
+
+
+class TrainStep:
+    """One optimizer step of `net` under `recipe`: `step(x, y, lr) -> (loss, wrong)`.
+
+    Args:
+        net: the network, already on `device` in the arithmetic's memory layout.
+        recipe: loss (label smoothing, auxiliary weight) and optimizer settings.
+        arithmetic: precision and layout (hardware.choose_arithmetic).
+        normalize: the input normalisation, applied inside the step to uint8 batches.
+        device: where the step runs.
+        distributed: wrap the forward in DistributedDataParallel (several processes).
+        compile: run the forward through torch.compile.
+        cuda_graph: capture the step as a CUDA graph; None: on CUDA when neither
+            `distributed` nor `compile`.
+    """
+
+    def __init__(
+        self,
+        net: nn.Module,
+        recipe: Recipe,
+        arithmetic: Arithmetic,
+        normalize: Normalize,
+        device: torch.device,
+        *,
+        distributed: bool = False,
+        compile: bool = False,
+        cuda_graph: bool | None = None,
+    ) -> None:
+        if cuda_graph is None:
+            cuda_graph = device.type == "cuda" and not distributed and not compile
+        if cuda_graph and (device.type != "cuda" or distributed or compile):
+            raise ValueError("a CUDA graph step needs one process on a CUDA device, no compile")
+        self.net, self.recipe, self.device = net, recipe, device
+        self.normalize, self.arithmetic = normalize, arithmetic
+        self.lr = torch.zeros((), dtype=torch.float32, device=device)
+        self.optimizer = make_optimizer(net, recipe, self.lr)
+        forward: nn.Module = TrainForward(net)
+        if distributed:
+            forward = DistributedDataParallel(
+                forward, device_ids=[device] if device.type == "cuda" else None
+            )
+        if compile:
+            forward = torch.compile(forward)  # type: ignore[assignment]
+        self.forward = forward
+        self.cuda_graph = cuda_graph
+        self.calls = 0
+        self._graph: torch.cuda.CUDAGraph | None = None
+        self._static: dict[str, Any] = {}
+
+    def load_optimizer_state(self, state: dict[str, Any]) -> None:
+        """Load a checkpoint's optimizer state, keeping this step's learning-rate tensor."""
+        self.optimizer.load_state_dict(state)
+        for group in self.optimizer.param_groups:  # the loaded groups carry a copy of lr
+            group["lr"] = self.lr
+            group["fused"], group["foreach"] = True, None
+
+    def describe(self) -> str:
+        """How the step runs, for the line printed when training starts."""
+        how = "CUDA graph" if self.cuda_graph else "eager"
+        if isinstance(self.forward, DistributedDataParallel):
+            how += ", DDP"
+        return f"step: {how}, fused SGD"
+
+    def __call__(self, x: Tensor, y: Tensor, lr: float) -> tuple[Tensor, Tensor]:
+        """Train on one batch: uint8 images `x` (N x C x H x W) and labels `y`, at rate `lr`.
+
+        Returns:
+            (loss, wrong): the batch's mean loss (float32) and its number of misclassified
+            images (int64), device tensors; reading them is the caller's sync point.
+        """
+        self.lr.fill_(lr)  # on CUDA an asynchronous kernel, no host sync
+        self.calls += 1
+        if not self.cuda_graph:
+            return self._step(x, y)
+        if self._graph is None:
+            if self.calls <= WARMUP_STEPS:
+                return self._warmup(x, y)
+            self._capture(x, y)
+        static = self._static
+        static["x"].copy_(x, non_blocking=True)
+        static["y"].copy_(y, non_blocking=True)
+        assert self._graph is not None
+        self._graph.replay()
+        return static["loss"], static["wrong"]
+
+    def _step(self, x: Tensor, y: Tensor, capturing: bool = False) -> tuple[Tensor, Tensor]:
+        recipe = self.recipe
+        x = self.normalize(x).contiguous(memory_format=self.arithmetic.memory_format)
+        with autocast(self.device, self.arithmetic.precision, cache_casts=not capturing):
+            outputs = self.forward(x)
+        logits = outputs[0].float()
+        loss = nn.functional.cross_entropy(logits, y, label_smoothing=recipe.label_smoothing)
+        for aux in outputs[1:]:  # GoogLeNet's auxiliary classifiers
+            loss = loss + recipe.aux_weight * nn.functional.cross_entropy(
+                aux.float(), y, label_smoothing=recipe.label_smoothing
+            )
+        if not capturing:  # a captured backward writes the gradients instead (see _capture)
+            self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        self.optimizer.step()
+        wrong = (logits.detach().argmax(dim=1) != y).sum()
+        return loss.detach(), wrong
+
+    def _warmup(self, x: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:
+        # Warm-up steps run on a side stream, as graph capture requires of the work before it.
+        side = torch.cuda.Stream(self.device)
+        side.wait_stream(torch.cuda.current_stream(self.device))
+        with torch.cuda.stream(side):
+            loss, wrong = self._step(x, y)
+        torch.cuda.current_stream(self.device).wait_stream(side)
+        return loss, wrong
+
+    def _capture(self, x: Tensor, y: Tensor) -> None:
+        # Gradients set to None now are allocated inside the graph's memory pool, and the
+        # captured backward writes (not adds) them, so the graph needs no zero_grad.
+        self.optimizer.zero_grad(set_to_none=True)
+        static = {"x": x.clone(), "y": y.clone()}
+        self._static = static
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            static["loss"], static["wrong"] = self._step(static["x"], static["y"], capturing=True)
+        self._graph = graph
