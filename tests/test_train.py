@@ -399,6 +399,8 @@ def test_cli_train_eval_predict(
     assert main(["eval", str(run / "checkpoint.pt"), "--data", str(data), "--device", "cpu"]) == 0
     out = capsys.readouterr().out
     assert "top-1 error" in out and "top-5 error" in out and "6 images" in out
+    assert main(["eval", str(run), "--data", str(data), "--device", "cpu", "--tta", "flip"]) == 0
+    assert "test-time augmentation: flip" in capsys.readouterr().out
 
     photo = tmp_path / "photo.jpg"  # not 32x32: predict resizes it
     Image.new("RGB", (50, 40), (0, 255, 128)).save(photo)
@@ -484,3 +486,26 @@ def test_cli_train_killed_with_sigkill_resumes_exactly(tmp_path: Path) -> None:
     assert "test error" in resumed.stdout
     _assert_same_state(straight / "checkpoint.pt", killed / "checkpoint.pt")
     assert not [p for p in killed.iterdir() if p.name.startswith(".")]
+
+
+def test_flip_test_time_augmentation_averages_each_image_with_its_mirror() -> None:
+    from cnnlab.data import Normalize
+    from cnnlab.train import evaluate
+
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Flatten(), nn.Linear(3 * 8 * 8, 10)).eval()  # not mirror-symmetric
+    data = make_data(32)
+    normalize = Normalize(torch.zeros(3), torch.ones(3))
+    x = normalize(data.images)
+    with torch.no_grad():
+        logits = (net(x) + net(x.flip(3))) / 2
+    expected_loss = F.cross_entropy(logits, data.labels).item()
+    expected_error = 100.0 * (logits.argmax(1) != data.labels).float().mean().item()
+
+    flip = evaluate(net, data, normalize, device=torch.device("cpu"), tta="flip", batch_size=7)
+    plain = evaluate(net, data, normalize, device=torch.device("cpu"))
+    assert flip.loss == pytest.approx(expected_loss, rel=1e-5)
+    assert flip.top1_error == pytest.approx(expected_error)
+    assert plain.loss != pytest.approx(flip.loss, rel=1e-5)
+    with pytest.raises(ValueError, match="--tta must be one of none, flip"):
+        evaluate(net, data, normalize, device=torch.device("cpu"), tta="10crop")

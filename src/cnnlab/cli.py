@@ -62,11 +62,12 @@ def _cmd_eval(args: argparse.Namespace) -> int:
 
     r = evaluate_from_spec(
         args.checkpoint, args.data, split=args.split, device=args.device,
-        batch_size=args.batch_size, precision=args.precision,
+        batch_size=args.batch_size, precision=args.precision, tta=args.tta,
     )  # fmt: skip
+    how = ", test-time augmentation: flip (mirror averaged)" if args.tta == "flip" else ""
     print(
         f"top-1 error {r.top1_error:.2f}%  top-5 error {r.top5_error:.2f}%  "
-        f"({r.images:,} images, {args.split} split of {args.data})"
+        f"({r.images:,} images, {args.split} split of {args.data}{how})"
     )
     return 0
 
@@ -172,6 +173,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, default=500)
     p.add_argument("--precision", choices=PRECISION_CHOICES, default="auto",
                    help=PRECISION_HELP)  # fmt: skip
+    p.add_argument("--tta", choices=("none", "flip"), default="none",
+                   help="flip: average each image's logits with its mirror's")  # fmt: skip
     p.add_argument("--device", help="cpu, cuda, cuda:N (default: the GPU if any)")
     p.set_defaults(func=_cmd_eval)
 

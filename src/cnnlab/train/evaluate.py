@@ -21,6 +21,7 @@ from cnnlab.train.distributed import DistEnv, all_reduce_sum, resolve_device
 from cnnlab.train.hardware import autocast, choose_arithmetic
 
 __all__ = [
+    "TTA_CHOICES",
     "EvalResult",
     "Prediction",
     "evaluate",
@@ -29,6 +30,9 @@ __all__ = [
     "load_model",
     "predict",
 ]
+
+
+TTA_CHOICES = ("none", "flip")
 
 
 def input_normalize(
@@ -61,14 +65,21 @@ def evaluate(
     precision: str = "fp32",
     memory_format: torch.memory_format = torch.contiguous_format,
     env: DistEnv | None = None,
+    tta: str = "none",
 ) -> EvalResult:
     """Top-1 and top-5 error of `net` (in eval mode) on `data`.
 
     With several processes each evaluates a contiguous share of `data` and the counts are
     summed, so every process gets the same result.
+
+    `tta="flip"` is test-time augmentation: the logits of each image and of its horizontal
+    mirror are averaged (the flip the training augmentation uses). A separate figure, not the
+    plain test error: the papers' CIFAR-10 errors are of single views.
     """
     if batch_size < 1:
         raise ValueError(f"batch size must be at least 1, got {batch_size}")
+    if tta not in TTA_CHOICES:
+        raise ValueError(f"--tta must be one of {', '.join(TTA_CHOICES)}, got {tta!r}")
     env = env or DistEnv()
     n = len(data.labels)
     lo, hi = n * env.rank // env.world_size, n * (env.rank + 1) // env.world_size
@@ -82,8 +93,9 @@ def evaluate(
         x = x.contiguous(memory_format=memory_format)
         y = data.labels[start:stop].to(device, non_blocking=True)
         with autocast(device, precision):
-            logits = net(x)
-        logits = logits.float()
+            logits = net(x).float()
+            if tta == "flip":
+                logits = (logits + net(x.flip(3)).float()) / 2
         topk = logits.topk(k, dim=1).indices
         totals[0] += (topk[:, 0] == y).sum()
         totals[1] += (topk == y[:, None]).any(dim=1).sum()
@@ -133,8 +145,11 @@ def evaluate_checkpoint(
     device: str | None = None,
     batch_size: int = 500,
     precision: str = "auto",
+    tta: str = "none",
 ) -> EvalResult:
     """Top-1 and top-5 error of a checkpoint's network on `data`.
+
+    `tta` "flip" averages each image's logits with its mirror's (see `evaluate`).
 
     `precision` "auto" evaluates in bfloat16 where the device runs it natively (hardware.py).
 
@@ -154,7 +169,7 @@ def evaluate_checkpoint(
     net = net.to(memory_format=arithmetic.memory_format)
     return evaluate(
         net, data, normalize, device=dev, batch_size=batch_size,
-        precision=arithmetic.precision, memory_format=arithmetic.memory_format,
+        precision=arithmetic.precision, memory_format=arithmetic.memory_format, tta=tta,
     )  # fmt: skip
 
 

@@ -111,14 +111,18 @@ def evaluate_from_spec(
     device: str | None = None,
     batch_size: int = 500,
     precision: str = "auto",
+    tta: str = "none",
     cache_dir: str | os.PathLike | None = None,
     progress: bool = True,
 ) -> EvalResult:
-    """Top-1 and top-5 error of a checkpoint on a split of a dataset (default: test)."""
+    """Top-1 and top-5 error of a checkpoint on a split of a dataset (default: test).
+
+    `tta` "flip": test-time augmentation, each image's logits averaged with its mirror's.
+    """
     load_checkpoint(checkpoint)  # a bad checkpoint fails before the dataset is decoded
     dataset = load_dataset(data, split, cache_dir=cache_dir, progress=progress)
     return evaluate_checkpoint(
-        checkpoint, dataset, device=device, batch_size=batch_size, precision=precision
+        checkpoint, dataset, device=device, batch_size=batch_size, precision=precision, tta=tta
     )
 
 
