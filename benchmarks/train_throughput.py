@@ -333,8 +333,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     cuda = args.device == "cuda"
     if cuda and not torch.cuda.is_available():
         parser.error("--device cuda was asked for but this machine has no CUDA GPU")
-    # With its index: train() hands a torch.device to torch.cuda.set_device, which needs one.
-    dev = torch.device("cuda", torch.cuda.current_device()) if cuda else torch.device("cpu")
+    dev = torch.device(args.device)
     batch_size = args.batch_size or (FAST.batch_size if cuda else CPU_TARGET_BATCH)
     steps = args.steps or (200 if cuda else 60)
     if min(batch_size, steps, args.rounds) < 1:

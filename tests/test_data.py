@@ -527,3 +527,37 @@ def test_cifar10_jpeg_copy(tmp_path):
     torch.testing.assert_close(std, torch.tensor([0.2452, 0.2428, 0.2606]), atol=2e-4, rtol=0)
     assert len(load_dataset(JPEG_COPY, "val5k", cache_dir=tmp_path, progress=False)) == 5000
     assert os.listdir(tmp_path / "tensors") and not list(tmp_path.rglob(".*"))
+
+
+def test_alternating_flips_mirror_each_image_once_every_two_epochs() -> None:
+    from cnnlab.data import alternating_flips
+
+    bits = torch.rand(100, generator=torch.Generator().manual_seed(0)) < 0.5
+    index = torch.randperm(100)
+    epoch0, epoch1, epoch2 = (alternating_flips(index, e, bits) for e in range(3))
+    assert torch.equal(epoch0, bits[index])
+    assert torch.equal(epoch0 ^ epoch1, torch.ones(100, dtype=torch.bool))  # once each
+    assert torch.equal(epoch0, epoch2)
+    assert 30 < int(epoch0.sum()) < 70  # about half
+
+
+def test_cutout_zeroes_one_square_per_image() -> None:
+    from cnnlab.data import cutout
+
+    x = torch.full((64, 3, 16, 16), 255, dtype=torch.uint8)
+    out = cutout(x, 6, generator=torch.Generator().manual_seed(1))
+    assert out.shape == x.shape and out.dtype == torch.uint8 and torch.equal(x, x.clone())
+    zero = out == 0
+    assert torch.equal(zero[:, 0], zero[:, 1]) and torch.equal(zero[:, 0], zero[:, 2])
+    for mask in zero[:, 0]:
+        rows, cols = mask.any(1).nonzero().flatten(), mask.any(0).nonzero().flatten()
+        assert 1 <= len(rows) <= 6 and 1 <= len(cols) <= 6  # cut by the border at most
+        assert int(mask.sum()) == len(rows) * len(cols)  # a rectangle: the square, or its part
+        assert torch.equal(rows, torch.arange(rows[0], rows[-1] + 1))  # contiguous
+    inside = [int(m.sum()) for m in zero[:, 0]]
+    assert 36 in inside  # a square wholly inside the image
+    again = cutout(x, 6, generator=torch.Generator().manual_seed(1))
+    assert torch.equal(out, again)
+    assert cutout(x, 0) is x
+    with pytest.raises(ValueError, match="cutout size must be >= 0"):
+        cutout(x, -1)

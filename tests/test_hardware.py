@@ -228,3 +228,24 @@ def test_loaded_optimizer_state_keeps_the_steps_learning_rate() -> None:
     b.load_optimizer_state(a.optimizer.state_dict())
     assert all(group["lr"] is b.lr for group in b.optimizer.param_groups)
     assert all(group["fused"] for group in b.optimizer.param_groups)
+
+
+def test_recipe_options_from_the_command_line(tmp_path: Path, monkeypatch, capsys) -> None:
+    monkeypatch.setenv("CNNLAB_CACHE", str(tmp_path / "cache"))
+    data, run = make_image_folder(tmp_path / "data"), tmp_path / "run"
+    argv = ["train", "resnet20", "--data", str(data), "--steps", "2", "--batch-size", "8",
+            "--device", "cpu", "--quiet", "--out", str(run)]  # fmt: skip
+    assert main([*argv, "-R", "flip=alternate", "-R", "cutout=8", "-R", "label_smoothing=0"]) == 0
+    config = json.loads((run / "config.json").read_text())
+    assert config["recipe"]["flip"] == "alternate" and config["recipe"]["cutout"] == 8
+    assert config["recipe"]["label_smoothing"] == 0
+    assert config["recipe_options"] == {"flip": "alternate", "cutout": 8, "label_smoothing": 0}
+    for bad, expected in (
+        ("ema=0.99", "'ema' is not a recipe field; the fields: batch_size"),
+        ("flip=sometimes", "flip"),
+        ("cutout", "recipe option 'cutout' is not KEY=VALUE"),
+    ):
+        assert main([*argv[:-1], str(tmp_path / "other"), "-R", bad]) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and expected in err, err
+    assert not (tmp_path / "other").exists()

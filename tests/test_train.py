@@ -184,6 +184,8 @@ def test_recipe_scaling_and_overrides() -> None:
         {"lr": -0.1},
         {"lr_milestones": (48_000, 32_000)},
         {"label_smoothing": 1.5},
+        {"flip": "sometimes"},
+        {"cutout": -1},
     ],
 )
 def test_out_of_range_recipe_is_a_clear_error(change: dict[str, object]) -> None:
@@ -224,7 +226,12 @@ def _rows(run: Path) -> list[dict[str, object]]:
 
 @pytest.mark.parametrize(
     ("model", "size", "recipe"),
-    [("tinynet", 8, FAST), ("tinynet110", 8, HE2015), ("resnet20", 32, FAST)],
+    [
+        ("tinynet", 8, FAST),
+        ("tinynet110", 8, HE2015),
+        ("resnet20", 32, FAST),
+        ("tinynet", 8, FAST.replace(flip="alternate", cutout=4)),
+    ],
 )
 def test_killed_run_resumes_to_the_same_weights(
     tiny: None, tmp_path: Path, model: str, size: int, recipe: Recipe

@@ -49,7 +49,9 @@ def _cmd_train(args: argparse.Namespace) -> int:
             batch_size=args.batch_size, lr=args.lr, skip_corrupt=args.skip_corrupt,
             precision=args.precision, seed=args.seed, device=args.device, compile=args.compile,
             resume=args.resume, eval_every=args.eval_every,
-            model_options=parse_options(args.option), progress=not args.quiet,
+            model_options=parse_options(args.option),
+            recipe_options=parse_options(args.recipe_option, "recipe option", "cutout=8"),
+            progress=not args.quiet,
         )  # fmt: skip
     except TrainingDiverged as e:  # not a usage error: exit status 1
         print(f"cnnlab: error: {e}", file=sys.stderr)
@@ -163,6 +165,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("-O", "--option", action="append", default=[], metavar="KEY=VALUE",
                    help="model option, e.g. -O shortcut=B")  # fmt: skip
+    p.add_argument("-R", "--recipe-option", action="append", default=[], metavar="KEY=VALUE",
+                   help="recipe field, e.g. -R cutout=8 -R flip=alternate")  # fmt: skip
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bars or per-eval lines")
     p.set_defaults(func=_cmd_train)
 

@@ -6,6 +6,7 @@
     channel_stats(images)         per-channel mean, std in 0..1 units
     Normalize.fit(images, mode)   per-channel ("channel") or per-pixel mean ("pixel")
     random_crop_flip(x)           4-pixel pad, random 32x32 crop, horizontal flip, whole batch
+    alternating_flips, cutout     flips alternating over epochs; a zeroed square per image
     DataError                     every dataset problem a user can fix, as one line
 
 Splits: "train" (50,000), "test" (10,000, only ever reported), "train45k" and "val5k" (model
@@ -16,9 +17,11 @@ from cnnlab.data.dataset import SPLITS, ArrayDataset, DataError, train_val_split
 from cnnlab.data.load import cache_dir, load_dataset
 from cnnlab.data.transforms import (
     Normalize,
+    alternating_flips,
     channel_stats,
     crop_flip,
     crop_flip_params,
+    cutout,
     mean_image,
     random_crop_flip,
 )
@@ -28,10 +31,12 @@ __all__ = [
     "ArrayDataset",
     "DataError",
     "Normalize",
+    "alternating_flips",
     "cache_dir",
     "channel_stats",
     "crop_flip",
     "crop_flip_params",
+    "cutout",
     "load_dataset",
     "mean_image",
     "random_crop_flip",

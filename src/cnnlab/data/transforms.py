@@ -174,3 +174,53 @@ def random_crop_flip(
     """
     top, left, flipped = crop_flip_params(x.shape[0], padding, flip, generator, x.device)
     return crop_flip(x, top, left, flipped, padding)
+
+
+def alternating_flips(index: Tensor, epoch: int, seed_bits: Tensor) -> Tensor:
+    """Horizontal flips that alternate over epochs instead of being drawn anew each time.
+
+    Image i is mirrored in epoch e when `seed_bits[i]` differs from e's parity: a random half of
+    the images in the first epoch, the other half in the next, and so on, so that over every
+    two epochs each image is seen once as it is and once mirrored (airbench, Jordan 2024, after
+    the observation that coin flips repeat a view half of the time).
+
+    Args:
+        index: the images of the batch, as indices into the training set.
+        epoch: the current epoch (0-based).
+        seed_bits: one bool per training image, drawn once per run.
+
+    Returns:
+        A bool per image of the batch, on `index`'s device.
+    """
+    return seed_bits[index] ^ bool(epoch % 2)
+
+
+def cutout(x: Tensor, size: int, generator: torch.Generator | None = None) -> Tensor:
+    """Zero one `size` x `size` square per image, centred on a random pixel (DeVries & Taylor
+    2017, arXiv:1708.04552: the square may extend past the border and is then cut by it).
+
+    Args:
+        x: N x C x H x W images, uint8 or float (zero is black for uint8 and the mean for
+            normalised input; applied before normalisation it is black).
+        size: the side of the square in pixels; 0 returns `x` unchanged.
+        generator: source of randomness; draws on its device.
+
+    Returns:
+        A new tensor of x's shape, dtype and device (or `x` itself when size is 0).
+    """
+    if size < 0:
+        raise ValueError(f"cutout size must be >= 0, got {size}")
+    if size == 0:
+        return x
+    n, _, h, w = x.shape
+    draw_device = generator.device if generator is not None else x.device
+    cy = torch.randint(0, h, (n, 1), generator=generator, device=draw_device).to(x.device)
+    cx = torch.randint(0, w, (n, 1), generator=generator, device=draw_device).to(x.device)
+    ys = torch.arange(h, device=x.device)[None, :]  # 1 x H
+    xs = torch.arange(w, device=x.device)[None, :]
+    top = cy - size // 2
+    left = cx - size // 2
+    rows = (ys >= top) & (ys < top + size)  # N x H
+    cols = (xs >= left) & (xs < left + size)  # N x W
+    keep = ~(rows[:, :, None] & cols[:, None, :])  # N x H x W
+    return x * keep[:, None].to(x.dtype)

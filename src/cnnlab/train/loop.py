@@ -13,11 +13,13 @@ time budget (`time_minutes`) the run first measures its step here and fixes its 
 it ends in about that time (timing.py).
 
 Every random choice of step t is derived from (seed, t) alone: the order of epoch e is a
-permutation drawn from a generator seeded with (seed, e), the crops and flips of step t from
-a generator seeded with (seed, t), and the global torch seed is reset to (seed, t) before
-the step for dropout. A checkpoint therefore needs only the weights, the optimizer state, the
-step counter and the slow-start state, and a run killed at any point and resumed ends, on the
-CPU, with bitwise the same weights as an uninterrupted run (tests/test_train.py).
+permutation drawn from a generator seeded with (seed, e), the crops and flips (and cutout
+squares) of step t from a generator seeded with (seed, t) (with `flip="alternate"`, the flips
+from the epoch's parity and one bit per image drawn from the seed), and the global torch seed
+is reset to (seed, t) before the step for dropout. A checkpoint therefore needs only the
+weights, the optimizer state, the step counter and the slow-start state, and a run killed at
+any point and resumed ends, on the CPU, with bitwise the same weights as an uninterrupted run
+(tests/test_train.py).
 
 Model selection uses the validation split when one is given (the paper's 45k/5k, section
 4.2): `best.pt` is the checkpoint of lowest validation error. The test split is evaluated and
@@ -63,7 +65,14 @@ import torch
 from torch import nn
 
 import cnnlab
-from cnnlab.data import ArrayDataset, Normalize, random_crop_flip
+from cnnlab.data import (
+    ArrayDataset,
+    Normalize,
+    alternating_flips,
+    crop_flip,
+    crop_flip_params,
+    cutout,
+)
 from cnnlab.models.registry import create_model, model_card
 from cnnlab.train import timing
 from cnnlab.train.checkpoint import CheckpointError, atomic_write, load_checkpoint, save_checkpoint
@@ -325,6 +334,10 @@ def _train(
         })  # fmt: skip
 
     held_out = {"val": val_data, "test": test_data}
+    flip_bits = None  # recipe.flip "alternate": which images epoch 0 mirrors, drawn once a run
+    if recipe.flip == "alternate":
+        g = _generator(seed, "flips", 0)
+        flip_bits = (torch.rand(n_train, generator=g) < 0.5).to(device)
 
     def evaluate_all() -> dict[str, EvalResult]:
         how = {"device": device, "precision": arithmetic.precision, "memory_format": memory_format}
@@ -357,9 +370,11 @@ def _train(
         if recipe.augment:
             # The whole global batch is augmented by every process, then each takes its share:
             # the images of a step do not depend on the number of processes.
-            x = random_crop_flip(
-                x, padding=PADDING, generator=_generator(seed, "augment", step, device)
-            )
+            g = _generator(seed, "augment", step, device)
+            top, left, flipped = crop_flip_params(batch, PADDING, generator=g, device=device)
+            if flip_bits is not None:
+                flipped = alternating_flips(idx, epoch, flip_bits)
+            x = cutout(crop_flip(x, top, left, flipped, PADDING), recipe.cutout, generator=g)
         share = slice(env.rank * local, (env.rank + 1) * local)
         loss, wrong = train_step(x[share], y[share], lr)
         sums[0] += loss * local

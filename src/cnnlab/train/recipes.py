@@ -31,6 +31,7 @@ __all__ = ["FAST", "HE2015", "RECIPES", "Recipe", "describe_differences", "get_r
 SCHEDULES = ("step", "linear", "cosine")
 PRECISIONS = ("auto", "fp32", "bf16")
 NORMALIZE = ("channel", "pixel")
+FLIPS = ("random", "alternate")
 
 
 @dataclass(frozen=True)
@@ -59,6 +60,8 @@ class Recipe:
     label_smoothing: float = 0.0
     aux_weight: float = 0.3  # GoogLeNet's auxiliary classifiers (Szegedy et al. 2014, section 5)
     augment: bool = True  # 4-pixel zero pad, random 32x32 crop, horizontal flip (section 4.2)
+    flip: str = "random"  # "random": a coin per image and step; "alternate": over epochs
+    cutout: int = 0  # side of a square zeroed per training image (DeVries & Taylor 2017); 0: off
     # Input normalisation from the training images: "pixel" subtracts the per-pixel mean (the
     # paper, section 4.2); "channel" subtracts the per-channel mean and divides by the std.
     normalize: str = "channel"
@@ -70,6 +73,9 @@ class Recipe:
         check_choice("schedule", self.schedule, SCHEDULES)
         check_choice("precision", self.precision, PRECISIONS)
         check_choice("normalize", self.normalize, NORMALIZE)
+        check_choice("flip", self.flip, FLIPS)
+        if self.cutout < 0:
+            raise ValueError(f"cutout must be >= 0 pixels, got {self.cutout}")
         for field in ("batch_size", "steps"):
             if getattr(self, field) < 1:
                 raise ValueError(f"{field} must be at least 1, got {getattr(self, field)}")
@@ -125,8 +131,22 @@ class Recipe:
         return self.with_steps(max(1, round(self.steps * budget)))
 
     def replace(self, **changes: object) -> Recipe:
-        """A copy with some fields changed (None: unchanged); `steps` rescales the schedule."""
+        """A copy with some fields changed (None: unchanged); `steps` rescales the schedule.
+
+        Raises:
+            ValueError: a name that is not a field (the message lists the fields), or a value
+                out of range.
+        """
         changes = {k: v for k, v in changes.items() if v is not None}
+        known = [f.name for f in dataclasses.fields(self)]
+        unknown = sorted(set(changes) - set(known))
+        if unknown:
+            raise ValueError(
+                f"{', '.join(map(repr, unknown))} is not a recipe field; the fields: "
+                f"{', '.join(known[2:])}"
+            )
+        if isinstance(changes.get("lr_milestones"), int | float):  # one milestone, from -R
+            changes["lr_milestones"] = (int(changes["lr_milestones"]),)
         steps = changes.pop("steps", None)
         recipe = dataclasses.replace(self, **changes) if changes else self
         return recipe.with_steps(int(steps)) if steps is not None else recipe

@@ -50,13 +50,15 @@ def train_from_spec(
     resume: bool = False,
     eval_every: int | None = None,
     model_options: dict[str, object] | None = None,
+    recipe_options: dict[str, object] | None = None,
     cache_dir: str | os.PathLike | None = None,
     skip_corrupt: bool = False,
     progress: bool = True,
 ) -> TrainResult:
     """Train `model` on a dataset given as in `load_dataset` ("cifar10", a path), into `out`.
 
-    The recipe's fields are overridden by the arguments that are not None; `steps` or
+    The recipe's fields are overridden by `recipe_options` ({"cutout": 8, "flip":
+    "alternate"}: any field of `Recipe`), then by the arguments that are not None; `steps` or
     `epochs` rescale its milestones and warm-up, and `budget` scales its steps after that.
     `time_minutes` instead sizes the run to end in about that many minutes on this machine
     (measured when it starts; see timing.py).
@@ -72,7 +74,8 @@ def train_from_spec(
         raise ValueError("--time sizes the run itself; drop --budget")
     if time_minutes is not None and not (time_minutes > 0 and math.isfinite(time_minutes)):
         raise ValueError(f"--time must be a positive number of minutes, got {time_minutes}")
-    chosen = get_recipe(recipe).replace(batch_size=batch_size, lr=lr, precision=precision)
+    chosen = get_recipe(recipe).replace(**(recipe_options or {}))
+    chosen = chosen.replace(batch_size=batch_size, lr=lr, precision=precision)
     # Bad options fail before a long first decode of the data.
     model_card(model)
     check_run_folder(Path(out), resume, create=False)
@@ -95,7 +98,8 @@ def train_from_spec(
         chosen = chosen.with_steps(steps)
     if budget is not None:
         chosen = chosen.scaled(budget)
-    info = {"data": str(data), "split": split, "recipe_name": recipe, "time_minutes": time_minutes}
+    info = {"data": str(data), "split": split, "recipe_name": recipe, "time_minutes": time_minutes,
+            "recipe_options": recipe_options or {}}  # fmt: skip
     return train(
         model, train_data, chosen, out=Path(out), val_data=val_data, test_data=test_data,
         model_options=model_options, seed=seed, device=dev, compile=compile, resume=resume,
@@ -126,13 +130,15 @@ def evaluate_from_spec(
     )
 
 
-def parse_options(items: Sequence[str]) -> dict[str, object]:
+def parse_options(
+    items: Sequence[str], what: str = "model option", example: str = "shortcut=B"
+) -> dict[str, object]:
     """["shortcut=B", "width=2"] -> {"shortcut": "B", "width": 2} (ints, floats, true/false)."""
     options: dict[str, object] = {}
     for item in items:
         key, sep, text = item.partition("=")
         if not sep or not key:
-            raise ValueError(f"model option {item!r} is not KEY=VALUE (e.g. shortcut=B)")
+            raise ValueError(f"{what} {item!r} is not KEY=VALUE (e.g. {example})")
         options[key] = _parse_value(text)
     return options
 
