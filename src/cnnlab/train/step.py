@@ -24,10 +24,12 @@ next one captures and replays. Graphs are not used with several processes (DDP's
 all-reduce) or with torch.compile (which has its own, `--compile`).
 
 Determinism. On the CPU a step is a deterministic function of its inputs, so a resumed run
-ends bitwise equal to an uninterrupted one (tests/test_train.py). On CUDA cuDNN picks its
-convolution algorithms by timing them (cudnn.benchmark), and atomics make some backward
-kernels non-deterministic: runs with one seed agree in their statistics, not in their bits,
-and a resumed run continues the same schedule and data order but not bitwise the same weights.
+ends bitwise equal to an uninterrupted one (tests/test_train.py). On CUDA some backward
+kernels (cuDNN's weight gradients among them) sum with atomics in an order that varies from
+run to run: runs with one seed follow the same data order, augmentation and schedule and agree
+in their statistics, not in their bits, and so does a resumed run. (cnnlab leaves
+cudnn.benchmark off; torch.backends.cudnn.deterministic=True makes single steps repeatable,
+as tests/test_gpu.py does, at some cost in speed.)
 """
 
 from __future__ import annotations
