@@ -89,6 +89,12 @@ def worker(rank: int, port: int, tmp: Path) -> None:
         for bn in (False, True):
             model = run(tmp / f"ddp-bn{bn}", bn)
             torch.save(model.state_dict(), tmp / f"bn{bn}-rank{rank}.pt")
+        # Sized by time: each process times its own copy of the step (no DDP there, so they
+        # may time different numbers of steps), then all train process 0's number of steps.
+        timed = train("ddpnet", make_data(64, 0), RECIPE, out=tmp / "ddp-timed",
+                      test_data=make_data(10, 2), device="cpu", time_minutes=0.05,
+                      progress=False, seed=5)  # fmt: skip
+        (tmp / f"timed-rank{rank}.txt").write_text(str(timed.steps))
     finally:
         dist.destroy_process_group()
 
@@ -108,6 +114,9 @@ def test_two_processes_match_one(tmp_path: Path) -> None:
             assert torch.equal(ranks[0][key], ranks[1][key]), (bn, key)
         saved = torch.load(tmp_path / f"ddp-bn{bn}" / "checkpoint.pt")["model_state"]
         assert all(torch.equal(saved[k], ranks[0][k]) for k in saved)
+    steps = {(tmp_path / f"timed-rank{r}.txt").read_text() for r in range(WORLD_SIZE)}
+    config = json.loads((tmp_path / "ddp-timed" / "config.json").read_text())
+    assert steps == {str(config["time_budget"]["steps"])}  # one length for both processes
 
     threads = torch.get_num_threads()
     torch.set_num_threads(1)

@@ -55,7 +55,7 @@ import sys
 import time
 import traceback
 import warnings
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -217,8 +217,7 @@ def _train(
 ) -> TrainResult:
     if not 0 <= seed < 2**63:
         raise ValueError(f"seed must be a non-negative integer, got {seed}")
-    if time_minutes is not None and not (time_minutes > 0 and math.isfinite(time_minutes)):
-        raise ValueError(f"--time must be a positive number of minutes, got {time_minutes}")
+    timing.check_minutes(time_minutes)
     n_train = len(train_data)
     batch = recipe.batch_size
     if batch % env.world_size:
@@ -265,9 +264,9 @@ def _train(
     images = train_data.images.to(device)
     labels = train_data.labels.to(device)
 
-    def make_step(network: nn.Module) -> TrainStep:
+    def make_step(network: nn.Module, distributed: bool) -> TrainStep:
         return TrainStep(network, recipe, arithmetic, normalize, device,
-                         distributed=env.distributed, compile=compile)  # fmt: skip
+                         distributed=distributed, compile=compile)  # fmt: skip
 
     sizing = None
     if time_minutes is not None and state is None:
@@ -278,7 +277,7 @@ def _train(
     total = recipe.steps
     eval_every = eval_every or timing.eval_interval(total, steps_per_epoch)
     checkpoint_every = checkpoint_every or min(eval_every, steps_per_epoch)
-    train_step = make_step(net)
+    train_step = make_step(net, env.distributed)
     slow_start = SlowStart.for_model(recipe, model_name)
     start, best_val, clock = 0, None, {"elapsed_s": 0.0, "train_s": 0.0}
     if state is not None:
@@ -372,7 +371,7 @@ def _train(
             # the images of a step do not depend on the number of processes.
             g = _generator(seed, "augment", step, device)
             top, left, flipped = crop_flip_params(batch, PADDING, generator=g, device=device)
-            if flip_bits is not None:
+            if flip_bits is not None:  # the coin flips are drawn all the same: same crops
                 flipped = alternating_flips(idx, epoch, flip_bits)
             x = cutout(crop_flip(x, top, left, flipped, PADDING), recipe.cutout, generator=g)
         share = slice(env.rank * local, (env.rank + 1) * local)
@@ -470,7 +469,7 @@ def _train(
 
 def _size_run(
     minutes: float,
-    make_step: Any,
+    make_step: Callable[[nn.Module, bool], TrainStep],
     net: nn.Module,
     images: torch.Tensor,
     labels: torch.Tensor,
@@ -484,10 +483,11 @@ def _size_run(
 ) -> timing.Sizing:
     """Measure a step and an evaluation here; the steps that fit in `minutes` (timing.py).
 
-    A copy of the network trains for the measurement, so the run itself starts untouched.
-    With several processes, process 0's figure is used by all.
+    A copy of the network trains for the measurement, so the run itself starts untouched. The
+    copy trains alone in each process (no DDP: processes may time different numbers of steps,
+    which gradient all-reduces would deadlock on), and process 0's figure is used by all.
     """
-    probe = make_step(copy.deepcopy(net))
+    probe = make_step(copy.deepcopy(net), False)
     n = len(images)
 
     def step(i: int) -> torch.Tensor:

@@ -10,7 +10,6 @@ reported for the final weights and for best.pt.
 
 from __future__ import annotations
 
-import math
 import os
 from collections.abc import Sequence
 from pathlib import Path
@@ -23,6 +22,7 @@ from cnnlab.train.evaluate import EvalResult, evaluate_checkpoint
 from cnnlab.train.hardware import check_device
 from cnnlab.train.loop import TrainResult, check_run_folder, train
 from cnnlab.train.recipes import get_recipe
+from cnnlab.train.timing import check_minutes
 
 __all__ = ["SPLITS", "evaluate_from_spec", "parse_options", "train_from_spec"]
 
@@ -72,8 +72,7 @@ def train_from_spec(
         raise ValueError("give one of --steps, --epochs and --time")
     if time_minutes is not None and budget is not None:
         raise ValueError("--time sizes the run itself; drop --budget")
-    if time_minutes is not None and not (time_minutes > 0 and math.isfinite(time_minutes)):
-        raise ValueError(f"--time must be a positive number of minutes, got {time_minutes}")
+    check_minutes(time_minutes)  # before the data's first, long decode
     chosen = get_recipe(recipe).replace(**(recipe_options or {}))
     chosen = chosen.replace(batch_size=batch_size, lr=lr, precision=precision)
     # Bad options fail before a long first decode of the data.

@@ -19,7 +19,7 @@ import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 
-__all__ = ["Sizing", "eval_interval", "evaluations", "measure", "steps_for_time"]
+__all__ = ["Sizing", "check_minutes", "eval_interval", "evaluations", "measure", "steps_for_time"]
 
 WARMUP = 4  # untimed steps: the CUDA-graph step captures at its fourth call
 MIN_TIMED_S = 2.0  # time at least this long ...
@@ -41,6 +41,12 @@ class Sizing:
 
     def to_dict(self) -> dict[str, float | int]:
         return asdict(self)
+
+
+def check_minutes(minutes: float | None) -> None:
+    """Refuse a time budget that is not a positive, finite number of minutes (None: none)."""
+    if minutes is not None and not (minutes > 0 and math.isfinite(minutes)):
+        raise ValueError(f"--time must be a positive number of minutes, got {minutes}")
 
 
 def eval_interval(total: int, steps_per_epoch: int) -> int:
