@@ -17,6 +17,7 @@ from cnnlab.analysis.complexity import profile
 from cnnlab.analysis.tables import models_table
 from cnnlab.models.registry import UnknownModelError, list_models
 from cnnlab.train.hardware import PRECISION_CHOICES
+from cnnlab.train.recipes import RECIPES
 
 PRECISION_HELP = "auto (default): bf16 where the hardware runs it natively, else fp32"
 
@@ -51,7 +52,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
             resume=args.resume, eval_every=args.eval_every,
             model_options=parse_options(args.option),
             recipe_options=parse_options(args.recipe_option, "recipe option", "cutout=8"),
-            progress=not args.quiet,
+            progress=not args.quiet, data_mode=args.data_mode, workers=args.workers,
         )  # fmt: skip
     except TrainingDiverged as e:  # not a usage error: exit status 1
         print(f"cnnlab: error: {e}", file=sys.stderr)
@@ -139,7 +140,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("model", help="a registered name (see `cnnlab models`), e.g. resnet20")
     p.add_argument("--data", default="cifar10", help="cifar10 (default), cifar100 or a path")
     p.add_argument("--out", required=True, help="run folder: config, metrics, checkpoints")
-    p.add_argument("--recipe", default="fast", choices=("he2015", "fast"), help="default: fast")
+    p.add_argument("--recipe", default="fast", choices=tuple(RECIPES),
+                   help="default: fast (CIFAR); ImageNet folders: alexnet2012, vgg2014, "
+                   "googlenet2014, resnet2015")  # fmt: skip
     p.add_argument("--split", default="full", choices=("full", "45k"),
                    help="full: all training images; 45k: the paper's 45k/5k split")  # fmt: skip
     length = p.add_mutually_exclusive_group()
@@ -152,6 +155,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--lr", type=float, help="peak learning rate")
     p.add_argument("--skip-corrupt", action="store_true",
                    help="leave out unreadable images (counted) instead of stopping")  # fmt: skip
+    p.add_argument("--data-mode", default="auto", choices=("auto", "memory", "stream"),
+                   help="memory: decode all once (small images); stream: read image folders "
+                   "image by image with --workers processes; auto (default): by size")  # fmt: skip
+    p.add_argument("--workers", type=int,
+                   help="loader processes for streamed data (default: CPUs, <= 8)")  # fmt: skip
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--precision", choices=PRECISION_CHOICES,
                    help=PRECISION_HELP)  # fmt: skip

@@ -27,7 +27,7 @@ from cnnlab.data.dataset import DataError
 ARCHIVE_SUFFIXES = (".tar.gz", ".tgz", ".tar", ".tar.bz2", ".tar.xz")
 
 # Errors a damaged archive raises somewhere in tarfile, gzip, bz2, lzma or zlib.
-_ARCHIVE_ERRORS = (tarfile.TarError, EOFError, OSError, zlib.error)
+ARCHIVE_ERRORS = (tarfile.TarError, EOFError, OSError, zlib.error)
 
 _CHUNK = 1 << 20  # bytes per read when hashing or downloading
 
@@ -132,7 +132,7 @@ def iter_tar(path: Path, wanted: Callable[[PurePosixPath], bool]) -> Iterator[tu
                     f = tar.extractfile(member)
                     assert f is not None  # regular files always have data
                     yield "file", (mpath, f.read())
-    except _ARCHIVE_ERRORS as e:
+    except ARCHIVE_ERRORS as e:
         raise DataError(f"{path}: truncated or corrupt archive ({e})") from e
 
 

@@ -31,7 +31,7 @@ from cnnlab.data.dataset import ArrayDataset, DataError
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".ppm", ".pgm", ".gif", ".webp", ".tif", ".tiff")
 
 # What Pillow raises for a file it cannot read: truncated data, unknown format, bad headers.
-_DECODE_ERRORS = (OSError, ValueError, SyntaxError, EOFError, Image.DecompressionBombError)
+DECODE_ERRORS = (OSError, ValueError, SyntaxError, EOFError, Image.DecompressionBombError)
 
 
 def is_image(name: str) -> bool:
@@ -64,7 +64,7 @@ def decode(
         try:
             with Image.open(io.BytesIO(src) if isinstance(src, bytes) else src) as im:
                 pixels = np.asarray(im.convert("RGB"))  # convert() reads the whole file
-        except _DECODE_ERRORS as e:
+        except DECODE_ERRORS as e:
             if not skip_corrupt:
                 raise DataError(
                     f"cannot read image {name} ({e}); pass skip_corrupt=True (--skip-corrupt) "
@@ -117,10 +117,13 @@ def _subfolders(path: Path) -> list[str]:
     return sorted(p.name for p in path.iterdir() if p.is_dir() and not p.name.startswith("."))
 
 
-def read_folder(
-    root: Path, split: str, *, skip_corrupt: bool = False, progress: bool = True
-) -> tuple[ArrayDataset, list[str]]:
-    """A split of an image-folder tree on disk."""
+def list_folder(root: Path, split: str) -> tuple[list[Path], list[int], tuple[str, ...]]:
+    """The image files of a split of a tree on disk, their labels and the classes.
+
+    Raises:
+        DataError: no such split, no class folders, an empty class folder, an image outside a
+            class folder, a class not in train/.
+    """
     if not (root / split).is_dir():
         below = _subfolders(root)
         if len(below) == 1 and (root / below[0] / split).is_dir():
@@ -130,19 +133,27 @@ def read_folder(
     folder = root / split
     train = _subfolders(root / "train") if (root / "train").is_dir() else None
     classes, label = _layout(str(root), split, _subfolders(folder), train)
-    items: list[tuple[str, Path]] = []
+    files: list[Path] = []
     labels: list[int] = []
     stray = sorted(p.name for p in folder.iterdir() if p.is_file() and is_image(p.name))
     if stray:
         raise DataError(f"{folder / stray[0]}: image outside a class folder")
     for c in _subfolders(folder):
-        files = sorted(p for p in (folder / c).iterdir() if p.is_file() and is_image(p.name))
-        if not files:
+        found = sorted(p for p in (folder / c).iterdir() if p.is_file() and is_image(p.name))
+        if not found:
             raise DataError(f"empty class folder {folder / c} (no images)")
-        items += [(str(p), p) for p in files]
-        labels += [label[c]] * len(files)
+        files += found
+        labels += [label[c]] * len(found)
+    return files, labels, classes
+
+
+def read_folder(
+    root: Path, split: str, *, skip_corrupt: bool = False, progress: bool = True
+) -> tuple[ArrayDataset, list[str]]:
+    """A split of an image-folder tree on disk, decoded into memory."""
+    files, labels, classes = list_folder(root, split)
     return decode(
-        items,
+        [(str(p), p) for p in files],
         labels,
         classes,
         skip_corrupt=skip_corrupt,
@@ -151,25 +162,23 @@ def read_folder(
     )
 
 
-def read_tar_files(
+def list_tar(
     archive: Path,
     split: str,
-    files: dict[PurePosixPath, bytes],
+    files: Iterable[PurePosixPath],
     dirs: set[PurePosixPath],
     links: set[PurePosixPath],
-    *,
-    skip_corrupt: bool = False,
-    progress: bool = True,
-) -> tuple[ArrayDataset, list[str]]:
-    """A split of an image-folder tree from an archive's members (read by files.iter_tar).
+) -> tuple[list[PurePosixPath], list[int], tuple[str, ...]]:
+    """The image members of a split of a tree in an archive, their labels and the classes.
 
     Args:
         archive: the archive, for messages.
         split: the split folder to read.
-        files: image member path -> bytes.
+        files: image member paths.
         dirs: folder member paths.
         links: link member paths (not followed: an error if one sits in the split).
     """
+    files = list(files)
     paths = [p for p in (*files, *dirs) if p.parts]
     tops = {p.parts[0] for p in paths}
     if split in tops:
@@ -206,16 +215,31 @@ def read_tar_files(
         if len(p.parts) != d + 3:
             raise DataError(f"{archive}: member {p} is not at {split}/<class>/<image>")
         by_class[p.parts[d + 1]].append(p)
-    items: list[tuple[str, bytes]] = []
+    members: list[PurePosixPath] = []
     labels: list[int] = []
     for c in sorted(by_class):
         if not by_class[c]:
             raise DataError(f"empty class folder {PurePosixPath(*top, split, c)} in {archive}")
-        members = sorted(by_class[c], key=lambda p: p.name)
-        items += [(f"{archive}:{p}", files[p]) for p in members]
-        labels += [label[c]] * len(members)
+        found = sorted(by_class[c], key=lambda p: p.name)
+        members += found
+        labels += [label[c]] * len(found)
+    return members, labels, classes
+
+
+def read_tar_files(
+    archive: Path,
+    split: str,
+    files: dict[PurePosixPath, bytes],
+    dirs: set[PurePosixPath],
+    links: set[PurePosixPath],
+    *,
+    skip_corrupt: bool = False,
+    progress: bool = True,
+) -> tuple[ArrayDataset, list[str]]:
+    """A split of an image-folder tree from an archive's members (read by files.iter_tar)."""
+    members, labels, classes = list_tar(archive, split, files, dirs, links)
     return decode(
-        items,
+        [(f"{archive}:{p}", files[p]) for p in members],
         labels,
         classes,
         skip_corrupt=skip_corrupt,

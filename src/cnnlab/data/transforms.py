@@ -93,14 +93,17 @@ class Normalize(nn.Module):
 
         Args:
             images: the training split, N x C x H x W (uint8 0..255 or float 0..1).
-            mode: "channel" (per-channel mean and std) or "pixel" (per-pixel mean
-                subtracted, no scaling: He et al. 2015, section 4.2).
+            mode: "channel" (per-channel mean and std), "pixel" (per-pixel mean
+                subtracted, no scaling: He et al. 2015, section 4.2) or "mean" (per-channel
+                mean subtracted, no scaling: Simonyan & Zisserman 2014, section 2.1).
         """
         if mode == "channel":
             return cls(*channel_stats(images))
+        if mode == "mean":
+            return cls(channel_stats(images)[0])
         if mode == "pixel":
             return cls(mean_image(images))
-        raise ValueError(f"mode must be one of 'channel', 'pixel', got {mode!r}")
+        raise ValueError(f"mode must be one of 'channel', 'pixel', 'mean', got {mode!r}")
 
     def forward(self, x: Tensor) -> Tensor:
         unit = _unit(x)

@@ -7,7 +7,7 @@ whole batches on the device. Errors are in percent.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -15,6 +15,7 @@ import torch
 from torch import Tensor, nn
 
 from cnnlab.data import ArrayDataset, Normalize
+from cnnlab.data.stream import StreamDataset
 from cnnlab.models.registry import create_model
 from cnnlab.train.checkpoint import CheckpointError, load_checkpoint
 from cnnlab.train.distributed import DistEnv, all_reduce_sum, resolve_device
@@ -54,10 +55,33 @@ class EvalResult:
     images: int
 
 
+def held_out_batches(
+    data: ArrayDataset | StreamDataset, lo: int, hi: int, batch_size: int, workers: int = 0
+) -> Iterator[tuple[Tensor, Tensor]]:
+    """uint8 images and labels of positions lo..hi-1, in order, `batch_size` at a time.
+
+    An in-memory dataset is sliced; a stream's images are read and cropped (its transform,
+    e.g. the centre crop) by `workers` DataLoader processes.
+    """
+    if isinstance(data, ArrayDataset):
+        for start in range(lo, hi, batch_size):
+            stop = min(hi, start + batch_size)
+            yield data.images[start:stop], data.labels[start:stop]
+        return
+    positions = [
+        [(i, 0) for i in range(s, min(hi, s + batch_size))] for s in range(lo, hi, batch_size)
+    ]
+    yield from torch.utils.data.DataLoader(data, batch_sampler=positions, num_workers=workers)
+
+
+def _classes(data: ArrayDataset | StreamDataset) -> tuple[str, ...]:
+    return data.classes if isinstance(data, ArrayDataset) else data.stream.classes
+
+
 @torch.no_grad()
 def evaluate(
     net: nn.Module,
-    data: ArrayDataset,
+    data: ArrayDataset | StreamDataset,
     normalize: Normalize,
     *,
     device: torch.device,
@@ -66,8 +90,12 @@ def evaluate(
     memory_format: torch.memory_format = torch.contiguous_format,
     env: DistEnv | None = None,
     tta: str = "none",
+    workers: int = 0,
 ) -> EvalResult:
     """Top-1 and top-5 error of `net` (in eval mode) on `data`.
+
+    `data` is an in-memory dataset, or a stream with its evaluation crop (read by `workers`
+    DataLoader processes).
 
     With several processes each evaluates a contiguous share of `data` and the counts are
     summed, so every process gets the same result.
@@ -81,17 +109,16 @@ def evaluate(
     if tta not in TTA_CHOICES:
         raise ValueError(f"--tta must be one of {', '.join(TTA_CHOICES)}, got {tta!r}")
     env = env or DistEnv()
-    n = len(data.labels)
+    n = len(data)
     lo, hi = n * env.rank // env.world_size, n * (env.rank + 1) // env.world_size
     was_training = net.training
     net.eval()
-    k = min(5, len(data.classes))
+    k = min(5, len(_classes(data)))
     totals = torch.zeros(4, dtype=torch.float64, device=device)  # top1, topk, loss, images
-    for start in range(lo, hi, batch_size):
-        stop = min(hi, start + batch_size)
-        x = normalize(data.images[start:stop].to(device, non_blocking=True))
+    for images, labels in held_out_batches(data, lo, hi, batch_size, workers):
+        x = normalize(images.to(device, non_blocking=True))
         x = x.contiguous(memory_format=memory_format)
-        y = data.labels[start:stop].to(device, non_blocking=True)
+        y = labels.to(device, non_blocking=True)
         with autocast(device, precision):
             logits = net(x).float()
             if tta == "flip":
@@ -100,7 +127,7 @@ def evaluate(
         totals[0] += (topk[:, 0] == y).sum()
         totals[1] += (topk == y[:, None]).any(dim=1).sum()
         totals[2] += nn.functional.cross_entropy(logits, y, reduction="sum")
-        totals[3] += stop - start
+        totals[3] += len(y)
     net.train(was_training)
     top1, topk_correct, loss, count = all_reduce_sum(totals, env).tolist()
     count = max(count, 1.0)

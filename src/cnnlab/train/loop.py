@@ -1,11 +1,12 @@
-"""The training loop: pick a batch, augment it, step, and the bookkeeping around the step.
+"""The training loop: get a batch, step, and the bookkeeping around the step.
 
-Speed lives in the data path and the step, not in the model: the whole training set sits on
-the device as one uint8 tensor; each step indexes a batch and crops and flips it as a batch;
-the step (step.py) normalises it, runs forward, loss, backward and the optimizer update in the
-precision and layout chosen for the hardware (hardware.py), as a CUDA graph on a GPU. The loop
-never branches on the device; its schedule, logging, evaluations and checkpoints stay outside
-the step.
+Speed lives in the data path and the step, not in the model. Small images (CIFAR) sit on the
+device as one uint8 tensor and each step indexes a batch and crops and flips it as a batch;
+large ones (ImageNet folders) are streamed by DataLoader workers that decode and crop them
+while the step runs (batches.py). The step (step.py) normalises the batch, runs forward, loss,
+backward and the optimizer update in the precision and layout chosen for the hardware
+(hardware.py), as a CUDA graph on a GPU. The loop never branches on the device; its schedule,
+logging, evaluations and checkpoints stay outside the step.
 
 The precision ("auto" by default) is resolved once when a run starts, printed in one line with
 its reason and recorded in config.json and the checkpoints; a resumed run keeps it. With a
@@ -15,7 +16,8 @@ it ends in about that time (timing.py).
 Every random choice of step t is derived from (seed, t) alone: the order of epoch e is a
 permutation drawn from a generator seeded with (seed, e), the crops and flips (and cutout
 squares) of step t from a generator seeded with (seed, t) (with `flip="alternate"`, the flips
-from the epoch's parity and one bit per image drawn from the seed), and the global torch seed
+from the epoch's parity and one bit per image drawn from the seed; streamed images from a
+generator per image of the step, batches.py), and the global torch seed
 is reset to (seed, t) before the step for dropout. A checkpoint therefore needs only the
 weights, the optimizer state, the step counter and the slow-start state, and a run killed at
 any point and resumed ends, on the CPU, with bitwise the same weights as an uninterrupted run
@@ -46,7 +48,6 @@ from __future__ import annotations
 
 import copy
 import gc
-import hashlib
 import json
 import math
 import os
@@ -65,16 +66,12 @@ import torch
 from torch import nn
 
 import cnnlab
-from cnnlab.data import (
-    ArrayDataset,
-    Normalize,
-    alternating_flips,
-    crop_flip,
-    crop_flip_params,
-    cutout,
-)
+from cnnlab.data import ArrayDataset, Normalize
+from cnnlab.data.augment import CenterCrop, TrainCrop, pca_colour
+from cnnlab.data.stream import ImageStream, StreamDataset
 from cnnlab.models.registry import create_model, model_card
 from cnnlab.train import timing
+from cnnlab.train.batches import MemoryBatches, StreamBatches, seed_of
 from cnnlab.train.checkpoint import CheckpointError, atomic_write, load_checkpoint, save_checkpoint
 from cnnlab.train.distributed import (
     DistEnv,
@@ -86,12 +83,15 @@ from cnnlab.train.distributed import (
 from cnnlab.train.evaluate import EvalResult, evaluate
 from cnnlab.train.hardware import Arithmetic, choose_arithmetic, machine_info
 from cnnlab.train.recipes import Recipe, describe_differences
-from cnnlab.train.schedules import SlowStart, learning_rate
+from cnnlab.train.schedules import Plateau, SlowStart, learning_rate
 from cnnlab.train.step import TrainStep
 
 __all__ = ["TrainResult", "TrainingDiverged", "train"]
 
-PADDING = 4  # He et al. 2015, section 4.2: "4 pixels are padded on each side"
+Data = ArrayDataset | ImageStream
+# Streamed data: the normalisation statistics and the colour PCA come from the centre crops
+# of this many training images, spread evenly over the split (ImageNet: 1 in 1,281).
+STATS_IMAGES = 1000
 
 
 class TrainingDiverged(Exception):
@@ -116,12 +116,12 @@ class TrainResult:
 
 def train(
     model: str,
-    train_data: ArrayDataset,
+    train_data: Data,
     recipe: Recipe,
     *,
     out: str | Path | None = None,
-    val_data: ArrayDataset | None = None,
-    test_data: ArrayDataset | None = None,
+    val_data: Data | None = None,
+    test_data: Data | None = None,
     model_options: Mapping[str, object] | None = None,
     seed: int = 0,
     device: str | torch.device | None = None,
@@ -134,12 +134,15 @@ def train(
     time_minutes: float | None = None,
     progress: bool = True,
     info: Mapping[str, object] | None = None,
+    workers: int | None = None,
 ) -> TrainResult:
-    """Train a registered network on in-memory data with a recipe.
+    """Train a registered network with a recipe, on in-memory or streamed images.
 
     Args:
         model: a registered model name; built with `num_classes=len(train_data.classes)`.
-        train_data: the training images (uint8, on any device; moved to `device` whole).
+        train_data: the training images: an ArrayDataset (uint8, moved to `device` whole,
+            trained at its own size) or an ImageStream (read by `workers` processes, cropped
+            to the model's input size as the recipe's `crop` says).
         recipe: optimizer, schedule, precision ("auto": by the hardware); see recipes.py.
         out: the run folder (config.json, metrics.jsonl, checkpoint.pt, best.pt). None: no
             files are written and `resume` is not possible.
@@ -161,6 +164,7 @@ def train(
             evaluation on this machine (replaces the recipe's steps; see timing.py).
         progress: show a progress bar (process 0 only).
         info: extra entries for config.json (the command line, the data's source and split).
+        workers: DataLoader processes for streamed data (default: the CPU count, at most 8).
 
     Raises:
         TrainingDiverged: the loss became NaN or infinite; checkpoint.pt is the last good one.
@@ -179,7 +183,7 @@ def train(
             seed=seed, device=dev, env=env, compile=compile, resume=resume,
             eval_every=eval_every, checkpoint_every=checkpoint_every, log_every=log_every,
             stop_after=stop_after, time_minutes=time_minutes, progress=progress,
-            info=dict(info or {}),
+            info=dict(info or {}), workers=default_workers() if workers is None else workers,
         )  # fmt: skip
     except BaseException as e:
         if env.distributed:  # the frames' locals would keep the DDP wrapper alive; see below
@@ -195,12 +199,12 @@ def train(
 
 def _train(
     model_name: str,
-    train_data: ArrayDataset,
+    train_data: Data,
     recipe: Recipe,
     *,
     out: Path | None,
-    val_data: ArrayDataset | None,
-    test_data: ArrayDataset | None,
+    val_data: Data | None,
+    test_data: Data | None,
     options: dict[str, object],
     seed: int,
     device: torch.device,
@@ -214,6 +218,7 @@ def _train(
     time_minutes: float | None,
     progress: bool,
     info: dict[str, object],
+    workers: int,
 ) -> TrainResult:
     if not 0 <= seed < 2**63:
         raise ValueError(f"seed must be a non-negative integer, got {seed}")
@@ -250,19 +255,37 @@ def _train(
     else:
         arithmetic = choose_arithmetic(device, recipe.precision, recipe.channels_last)
 
+    if workers < 0:
+        raise ValueError(f"workers must be >= 0, got {workers}")
+    streamed = isinstance(train_data, ImageStream)
+    if streamed:
+        if recipe.augment and recipe.crop == "pad":
+            raise ValueError(
+                f"recipe {recipe.name} pads and crops small in-memory images (crop='pad'); "
+                "streamed image folders need one of the ImageNet papers' crops: a recipe such "
+                "as resnet2015, or -R crop=scale|square|area"
+            )
+        size = model_card(model_name).input_size
+        eval_crop = CenterCrop(recipe.test_resize, size)
+        stats = _stats_sample(train_data, eval_crop)  # centre crops of STATS_IMAGES images
+        val_data, test_data = (
+            StreamDataset(d, eval_crop) if isinstance(d, ImageStream) else d
+            for d in (val_data, test_data)
+        )
+    else:
+        stats = train_data
+    image_shape = list(stats.images.shape[1:])
     # Normalisation statistics come from the training images only (not val, not test).
-    normalize = Normalize.fit(train_data.images, recipe.normalize).to(device)
+    normalize = Normalize.fit(stats.images, recipe.normalize).to(device)
     normalize.std.clamp_(min=1 / 255)  # a constant channel: leave it unscaled, not infinite
     mean = normalize.mean[0]  # C x H x W for a per-pixel mean, C x 1 x 1 per channel
     mean = (mean.flatten() if mean.shape[1:] == (1, 1) else mean).tolist()
     std = normalize.std.flatten().tolist()
     torch.manual_seed(seed)
     net = create_model(model_name, num_classes=len(train_data.classes), **options)
-    _check_input_size(net, model_name, train_data)
+    _check_input_size(net, model_name, image_shape)
     memory_format = arithmetic.memory_format
     net = net.to(device, memory_format=memory_format)
-    images = train_data.images.to(device)
-    labels = train_data.labels.to(device)
 
     def make_step(network: nn.Module, distributed: bool) -> TrainStep:
         return TrainStep(network, recipe, arithmetic, normalize, device,
@@ -271,14 +294,22 @@ def _train(
     sizing = None
     if time_minutes is not None and state is None:
         held = [d for d in (val_data, test_data) if d is not None]
-        sizing = _size_run(time_minutes, make_step, net, images, labels, local, held,
+        sizing = _size_run(time_minutes, make_step, net, stats, local, held,
                            normalize, arithmetic, device, env, steps_per_epoch)  # fmt: skip
         recipe = recipe.with_steps(sizing.steps)
     total = recipe.steps
+    if recipe.schedule == "plateau" and val_data is None:
+        raise ValueError(
+            f"recipe {recipe.name} divides its learning rate when the validation error stops "
+            "falling: it needs validation images (--split 45k, or a val/ folder beside train/)"
+        )
+    if eval_every is None and recipe.schedule == "plateau":
+        eval_every = steps_per_epoch  # the papers watch the validation error every epoch
     eval_every = eval_every or timing.eval_interval(total, steps_per_epoch)
     checkpoint_every = checkpoint_every or min(eval_every, steps_per_epoch)
     train_step = make_step(net, env.distributed)
     slow_start = SlowStart.for_model(recipe, model_name)
+    plateau = Plateau()
     start, best_val, clock = 0, None, {"elapsed_s": 0.0, "train_s": 0.0}
     if state is not None:
         assert ckpt_path is not None
@@ -286,6 +317,8 @@ def _train(
         net.load_state_dict(state["model_state"])
         train_step.load_optimizer_state(state["optimizer"])
         slow_start.load_state_dict(state["slow_start"])
+        if "plateau" in state:
+            plateau.load_state_dict(state["plateau"])
         start, best_val = int(state["step"]), state["best_val_error"]
         clock = {k: float(state[k]) for k in clock}
     # Nothing is written before this point, so a bad option or checkpoint leaves no trace.
@@ -301,7 +334,9 @@ def _train(
         assert metrics_path is not None
         metrics_path.unlink(missing_ok=True)  # of a run killed before its first checkpoint
         config = _config(model_name, options, recipe, seed, train_data, val_data, test_data,
-                         device, env, compile, info)  # fmt: skip
+                         image_shape, device, env, compile, info)  # fmt: skip
+        if streamed:
+            config["data_mode"] = {"mode": "stream", "workers": workers}
         config["arithmetic"] = arithmetic.to_dict()
         config["step"] = train_step.describe()
         if sizing is not None:
@@ -310,10 +345,12 @@ def _train(
 
     meta = {
         "model": model_name, "model_options": options, "num_classes": len(train_data.classes),
-        "classes": list(train_data.classes), "image_shape": list(train_data.images.shape[1:]),
+        "classes": list(train_data.classes), "image_shape": image_shape,
         "mean": mean, "std": std, "recipe": recipe.to_dict(), "seed": seed,
         "arithmetic": arithmetic.to_dict(),
     }  # fmt: skip
+    if streamed:  # how predict and eval prepare an image for this network
+        meta["preprocess"] = {"resize": recipe.test_resize, "crop": image_shape[-1]}
 
     def save(path: Path, step: int, metrics: dict[str, Any]) -> None:
         # Every process checks (the weights are the same on all), so all stop together.
@@ -329,19 +366,23 @@ def _train(
             **meta, "model_state": net.state_dict(),
             "optimizer": train_step.optimizer.state_dict(),
             "step": step, "slow_start": slow_start.state_dict(), "best_val_error": best_val,
+            "plateau": plateau.state_dict(),
             "elapsed_s": clock["elapsed_s"], "train_s": clock["train_s"], "metrics": metrics,
         })  # fmt: skip
 
     held_out = {"val": val_data, "test": test_data}
-    flip_bits = None  # recipe.flip "alternate": which images epoch 0 mirrors, drawn once a run
-    if recipe.flip == "alternate":
-        g = _generator(seed, "flips", 0)
-        flip_bits = (torch.rand(n_train, generator=g) < 0.5).to(device)
+    if isinstance(train_data, ImageStream):
+        crop = _train_crop(recipe, image_shape[-1], stats) if recipe.augment else eval_crop
+        batches: MemoryBatches | StreamBatches = StreamBatches(
+            train_data, crop, recipe, seed, device, env, workers=workers, total=total
+        )
+    else:
+        batches = MemoryBatches(train_data, recipe, seed, device, env)
 
     def evaluate_all() -> dict[str, EvalResult]:
         how = {"device": device, "precision": arithmetic.precision, "memory_format": memory_format}
         return {
-            name: evaluate(net, data, normalize, env=env, **how)  # type: ignore[arg-type]
+            name: evaluate(net, data, normalize, env=env, workers=workers, **how)  # type: ignore[arg-type]
             for name, data in held_out.items()
             if data is not None
         }
@@ -353,29 +394,15 @@ def _train(
     sums = torch.zeros(3, dtype=torch.float64, device=device)  # loss * n, wrong, n
     rows: list[dict[str, Any]] = []
     t_start = t_mark = time.perf_counter()
-    elapsed_before, last_log, order, lr = clock["elapsed_s"], start, None, 0.0
+    elapsed_before, last_log, lr = clock["elapsed_s"], start, 0.0
     net.train()
     for step in range(start, total):
         if stop_after is not None and step >= stop_after:
             break
-        epoch, i = divmod(step, steps_per_epoch)
-        if order is None or i == 0:
-            order = torch.randperm(n_train, generator=_generator(seed, "epoch", epoch))
-            order = order.to(device)
-        lr = learning_rate(recipe, step, slow_start)
-        torch.manual_seed(_seed(seed, "step", step))  # dropout
-        idx = order[i * batch : (i + 1) * batch]
-        x, y = images[idx], labels[idx]
-        if recipe.augment:
-            # The whole global batch is augmented by every process, then each takes its share:
-            # the images of a step do not depend on the number of processes.
-            g = _generator(seed, "augment", step, device)
-            top, left, flipped = crop_flip_params(batch, PADDING, generator=g, device=device)
-            if flip_bits is not None:  # the coin flips are drawn all the same: same crops
-                flipped = alternating_flips(idx, epoch, flip_bits)
-            x = cutout(crop_flip(x, top, left, flipped, PADDING), recipe.cutout, generator=g)
-        share = slice(env.rank * local, (env.rank + 1) * local)
-        loss, wrong = train_step(x[share], y[share], lr)
+        lr = learning_rate(recipe, step, slow_start, plateau)
+        torch.manual_seed(seed_of(seed, "step", step))  # dropout
+        x, y = batches.get(step)
+        loss, wrong = train_step(x, y, lr)
         sums[0] += loss * local
         sums[1] += wrong
         sums[2] += local
@@ -426,6 +453,8 @@ def _train(
             bar.set_postfix_str(_postfix(row), refresh=False)
             if is_eval and verbose:
                 bar.write(_summary_line(row, total))
+        if "val" in results and plateau.update(results["val"].top1_error, recipe) and verbose:
+            bar.write(f"validation error stopped falling: lr divided ({plateau.reductions}x)")
         if "val" in results and (best_val is None or results["val"].top1_error < best_val):
             best_val = results["val"].top1_error  # model selection: validation error only
             if best_path is not None:
@@ -434,6 +463,7 @@ def _train(
             save(ckpt_path, done, row)
         t_mark, last_log = time.perf_counter(), done
     bar.close()
+    batches.close()
 
     net.eval()
     result = TrainResult(model=net, steps=step_reached(start, total, stop_after), completed=False,
@@ -459,7 +489,7 @@ def _train(
             best_net.load_state_dict(best["model_state"])
             best_net.to(device, memory_format=memory_format)
             result.best_test_error = evaluate(
-                best_net, test_data, normalize, device=device, env=env,
+                best_net, test_data, normalize, device=device, env=env, workers=workers,
                 precision=arithmetic.precision, memory_format=memory_format,
             ).top1_error  # fmt: skip
     if verbose:
@@ -471,10 +501,9 @@ def _size_run(
     minutes: float,
     make_step: Callable[[nn.Module, bool], TrainStep],
     net: nn.Module,
-    images: torch.Tensor,
-    labels: torch.Tensor,
+    sample: ArrayDataset,
     local: int,
-    held_out: list[ArrayDataset],
+    held_out: list[ArrayDataset | StreamDataset],
     normalize: Normalize,
     arithmetic: Arithmetic,
     device: torch.device,
@@ -486,8 +515,10 @@ def _size_run(
     A copy of the network trains for the measurement, so the run itself starts untouched. The
     copy trains alone in each process (no DDP: processes may time different numbers of steps,
     which gradient all-reduces would deadlock on), and process 0's figure is used by all.
+    Streamed data is timed on its statistics sample, in memory: the step, not the loaders.
     """
     probe = make_step(copy.deepcopy(net), False)
+    images, labels = sample.images.to(device), sample.labels.to(device)
     n = len(images)
 
     def step(i: int) -> torch.Tensor:
@@ -497,7 +528,12 @@ def _size_run(
     step_s = timing.measure(step, sync=lambda loss: loss.item())
     eval_image_s, eval_images = 0.0, sum(len(d) for d in held_out)
     if held_out:
-        sample = held_out[0].subset(torch.arange(min(len(held_out[0]), 500)))
+        first = held_out[0]
+        sample = (
+            first.subset(torch.arange(min(len(first), 500)))
+            if isinstance(first, ArrayDataset)
+            else sample.subset(torch.arange(min(len(sample), 500)))
+        )
         how = {"device": device, "precision": arithmetic.precision,
                "memory_format": arithmetic.memory_format}  # fmt: skip
         evaluate(probe.net, sample, normalize, **how)  # type: ignore[arg-type]  # warm-up
@@ -510,16 +546,26 @@ def _size_run(
     return timing.Sizing(minutes, round(step_s, 6), round(eval_image_s, 9), steps)
 
 
-def _seed(seed: int, kind: str, index: int) -> int:
-    """A 63-bit seed for the `index`-th `kind` ("epoch", "augment", "step") of a run."""
-    digest = hashlib.blake2b(f"{seed}/{kind}/{index}".encode(), digest_size=8).digest()
-    return int.from_bytes(digest, "little") & (2**63 - 1)
+def default_workers() -> int:
+    """DataLoader processes for streamed data: one per CPU, at most 8."""
+    return max(1, min(8, os.cpu_count() or 1))
 
 
-def _generator(
-    seed: int, kind: str, index: int, device: torch.device | None = None
-) -> torch.Generator:
-    return torch.Generator(device=device or "cpu").manual_seed(_seed(seed, kind, index))
+def _stats_sample(stream: ImageStream, crop: CenterCrop) -> ArrayDataset:
+    """Centre crops of up to STATS_IMAGES training images, spread evenly: for the statistics."""
+    n = len(stream)
+    index = sorted({i * n // STATS_IMAGES for i in range(min(n, STATS_IMAGES))})
+    images = torch.stack([crop(stream.read(i)) for i in index])
+    return ArrayDataset(images, stream.labels[index], stream.classes)
+
+
+def _train_crop(recipe: Recipe, size: int, stats: ArrayDataset) -> TrainCrop:
+    eigval, eigvec = pca_colour(stats.images) if recipe.lighting else (None, None)
+    return TrainCrop(
+        size, recipe.crop, scale=recipe.scale_range, flip=True, lighting=recipe.lighting,
+        eigval=tuple(eigval.tolist()) if eigval is not None else (),
+        eigvec=tuple(map(tuple, eigvec.tolist())) if eigvec is not None else (),
+    )  # fmt: skip
 
 
 def step_reached(start: int, total: int, stop_after: int | None) -> int:
@@ -560,13 +606,13 @@ def check_run_folder(out: Path, resume: bool, create: bool = True) -> bool:
     return False
 
 
-def _check_input_size(net: nn.Module, name: str, data: ArrayDataset) -> None:
+def _check_input_size(net: nn.Module, name: str, image_shape: list[int]) -> None:
     """A clear error when the model does not take the data's image size.
 
-    Models run at the data's own resolution (no resizing): the CIFAR networks at 32x32; the
-    ImageNet networks only where their layers allow it.
+    In-memory models run at the data's own resolution (no resizing): the CIFAR networks at
+    32x32; the ImageNet networks only where their layers allow it.
     """
-    _, channels, height, width = data.images.shape
+    channels, height, width = image_shape
     side = model_card(name).input_size
     if (height, width) == (side, side):
         return
@@ -651,9 +697,10 @@ def _config(
     options: dict[str, object],
     recipe: Recipe,
     seed: int,
-    train_data: ArrayDataset,
-    val_data: ArrayDataset | None,
-    test_data: ArrayDataset | None,
+    train_data: Data,
+    val_data: Data | ArrayDataset | StreamDataset | None,
+    test_data: Data | ArrayDataset | StreamDataset | None,
+    image_shape: list[int],
     device: torch.device,
     env: DistEnv,
     compile: bool,
@@ -672,7 +719,7 @@ def _config(
         "val_images": len(val_data) if val_data is not None else None,
         "test_images": len(test_data) if test_data is not None else None,
         "classes": list(train_data.classes),
-        "image_shape": list(train_data.images.shape[1:]),
+        "image_shape": image_shape,
         "processes": env.world_size,
         "compile": compile,
         "command": _command_line(),

@@ -6,6 +6,12 @@
     fast     256    3,900   0.2   linear warm-up 200 steps, then      ours (cnnlab),
                                   linear decay to zero                see FAST below
 
+    ImageNet (streamed image folders; steps of ILSVRC-2012's 1.28M images):
+    alexnet2012    128  900,821     0.01  /10 on a val plateau, 3 times   Krizhevsky 2012, s. 5
+    vgg2014        256  370,000     0.01  /10 on a val plateau, 3 times   Simonyan 2014, s. 3.1
+    googlenet2014   32  10,000,000  0.01  x0.96 every 8 epochs            Szegedy 2014, s. 6
+    resnet2015     256  600,000     0.1   /10 on a val plateau, 3 times   He 2015, s. 3.4
+
 A recipe says how to optimise, not what to optimise: the model stays the paper's model.
 `steps` counts optimizer steps (the paper's "iterations"); milestones and warm-up are in
 steps too and scale with `steps` (`with_steps`, `scaled`), so `--epochs 30` or `--budget 0.5`
@@ -26,12 +32,29 @@ from dataclasses import dataclass
 
 from cnnlab.models.registry import check_choice
 
-__all__ = ["FAST", "HE2015", "RECIPES", "Recipe", "describe_differences", "get_recipe"]
+__all__ = [
+    "ALEXNET2012",
+    "FAST",
+    "GOOGLENET2014",
+    "HE2015",
+    "RECIPES",
+    "RESNET2015",
+    "VGG2014",
+    "Recipe",
+    "describe_differences",
+    "get_recipe",
+]
 
-SCHEDULES = ("step", "linear", "cosine")
+SCHEDULES = ("step", "linear", "cosine", "plateau")
 PRECISIONS = ("auto", "fp32", "bf16")
-NORMALIZE = ("channel", "pixel")
+NORMALIZE = ("channel", "pixel", "mean")
 FLIPS = ("random", "alternate")
+# "pad": the CIFAR crop of in-memory images (4-pixel pad, random crop); the others are the
+# ImageNet papers' crops of streamed images (cnnlab.data.augment).
+CROPS = ("pad", "square", "scale", "area")
+
+# ILSVRC-2012's training images: the ImageNet recipes' steps are the papers' epochs of them.
+IMAGENET_TRAIN = 1_281_167
 
 
 @dataclass(frozen=True)
@@ -62,8 +85,17 @@ class Recipe:
     augment: bool = True  # 4-pixel zero pad, random 32x32 crop, horizontal flip (section 4.2)
     flip: str = "random"  # "random": a coin per image and step; "alternate": over epochs
     cutout: int = 0  # side of a square zeroed per training image (DeVries & Taylor 2017); 0: off
+    crop: str = "pad"  # see CROPS; "square" | "scale" | "area" need the streaming data path
+    scale_range: tuple[int, int] = (256, 256)  # shorter side's range for crop "square"/"scale"
+    lighting: float = 0.0  # std of AlexNet's PCA colour noise (section 4.1); 0: off
+    test_resize: int = 256  # evaluation of streamed images: shorter side, then a centre crop
+    # "plateau": lr * lr_gamma**k, k growing by one when the validation error has not improved
+    # for plateau_patience evaluations, at most plateau_max times (the ImageNet papers).
+    plateau_patience: int = 1
+    plateau_max: int = 3
     # Input normalisation from the training images: "pixel" subtracts the per-pixel mean (the
-    # paper, section 4.2); "channel" subtracts the per-channel mean and divides by the std.
+    # paper, section 4.2); "channel" subtracts the per-channel mean and divides by the std;
+    # "mean" subtracts the per-channel mean only (VGG, section 2.1: "the mean RGB value").
     normalize: str = "channel"
     # "auto" (by the hardware) | "fp32" | "bf16" (autocast; weights and optimizer stay float32)
     precision: str = "auto"
@@ -74,6 +106,9 @@ class Recipe:
         check_choice("precision", self.precision, PRECISIONS)
         check_choice("normalize", self.normalize, NORMALIZE)
         check_choice("flip", self.flip, FLIPS)
+        check_choice("crop", self.crop, CROPS)
+        if self.plateau_patience < 1 or self.plateau_max < 0:
+            raise ValueError("plateau_patience must be at least 1 and plateau_max at least 0")
         if self.cutout < 0:
             raise ValueError(f"cutout must be >= 0 pixels, got {self.cutout}")
         for field in ("batch_size", "steps"):
@@ -212,11 +247,112 @@ FAST = Recipe(
     normalize="channel",
 )
 
-RECIPES: dict[str, Recipe] = {r.name: r for r in (HE2015, FAST)}
+
+def _imagenet_steps(epochs: float, batch_size: int) -> int:
+    """Optimizer steps of `epochs` passes over ILSVRC-2012's training images."""
+    return round(epochs * IMAGENET_TRAIN / batch_size)
+
+
+# The ImageNet papers' recipes. Their steps are for ILSVRC-2012 (1.28M images); on another
+# image folder give --epochs, and the schedule keeps its shape. Each model's initialisation
+# is the paper's and lives with the model (models/*.py), dropout too.
+
+# Krizhevsky et al. 2012, section 5: batch 128, momentum 0.9, weight decay 0.0005, lr 0.01
+# "divided by 10 when the validation error rate stopped improving with the current learning
+# rate ... reduced three times prior to termination", "roughly 90 cycles through the training
+# set". Section 2: shorter side rescaled to 256, the central 256 x 256 patch, per-pixel mean
+# subtracted; section 4.1: random 224 crops (227 here, see models/alexnet.py) and their
+# mirrors, PCA colour noise of std 0.1.
+ALEXNET2012 = Recipe(
+    name="alexnet2012",
+    source="Krizhevsky et al. 2012, sections 2, 4.1 and 5",
+    batch_size=128,
+    steps=_imagenet_steps(90, 128),
+    lr=0.01,
+    schedule="plateau",
+    lr_gamma=0.1,
+    plateau_max=3,
+    momentum=0.9,
+    weight_decay=5e-4,
+    crop="square",
+    scale_range=(256, 256),
+    lighting=0.1,
+    normalize="pixel",
+)
+
+# Simonyan & Zisserman 2014, section 3.1: batch 256, momentum 0.9, weight decay 5e-4, dropout
+# 0.5 on fc6 and fc7 (in the model), lr 0.01 "decreased by a factor of 10 when the validation
+# set accuracy stopped improving ... decreased 3 times, and the learning was stopped after 370K
+# iterations (74 epochs)"; scale jittering S in [256, 512], random 224 crops, mirrors and the
+# random RGB colour shift; section 2.1: "subtracting the mean RGB value".
+VGG2014 = Recipe(
+    name="vgg2014",
+    source="Simonyan & Zisserman 2014, arXiv:1409.1556, sections 2.1 and 3.1",
+    batch_size=256,
+    steps=370_000,
+    lr=0.01,
+    schedule="plateau",
+    lr_gamma=0.1,
+    plateau_max=3,
+    momentum=0.9,
+    weight_decay=5e-4,
+    crop="scale",
+    scale_range=(256, 512),
+    lighting=0.1,
+    normalize="mean",
+)
+
+# Szegedy et al. 2014, section 6: momentum 0.9, "fixed learning rate schedule (decreasing the
+# learning rate by 4% every 8 epochs)", patches of 8%..100% of the area with aspect ratios
+# 3/4..4/3, auxiliary losses weighted 0.3 (section 5). The paper gives no batch size, initial
+# lr, weight decay or length; those are BVLC Caffe's published GoogLeNet reproduction
+# (models/bvlc_googlenet/solver.prototxt and train_val.prototxt): batch 32, lr 0.01, weight
+# decay 2e-4, x0.96 every 320,000 iterations (8 epochs), 10M iterations. Not done: Polyak
+# averaging of the weights and Howard's photometric distortions (the paper gives no numbers).
+GOOGLENET2014 = Recipe(
+    name="googlenet2014",
+    source="Szegedy et al. 2014, arXiv:1409.4842, sections 5 and 6; BVLC Caffe solver",
+    batch_size=32,
+    steps=10_000_000,
+    lr=0.01,
+    schedule="step",
+    lr_milestones=tuple(range(320_000, 10_000_000, 320_000)),
+    lr_gamma=0.96,
+    momentum=0.9,
+    weight_decay=2e-4,
+    aux_weight=0.3,
+    crop="area",
+    normalize="channel",
+)
+
+# He et al. 2015, section 3.4: shorter side in [256, 480], random 224 crops and mirrors, the
+# per-pixel mean subtracted, "the standard color augmentation in [21]" (AlexNet's), batch 256,
+# SGD momentum 0.9, weight decay 0.0001, lr 0.1 "divided by 10 when the error plateaus",
+# "up to 60 x 10^4 iterations", no dropout; BN after each convolution (in the model).
+RESNET2015 = Recipe(
+    name="resnet2015",
+    source="He et al. 2015, arXiv:1512.03385, section 3.4",
+    batch_size=256,
+    steps=600_000,
+    lr=0.1,
+    schedule="plateau",
+    lr_gamma=0.1,
+    plateau_max=3,
+    momentum=0.9,
+    weight_decay=1e-4,
+    crop="scale",
+    scale_range=(256, 480),
+    lighting=0.1,
+    normalize="pixel",
+)
+
+RECIPES: dict[str, Recipe] = {
+    r.name: r for r in (HE2015, FAST, ALEXNET2012, VGG2014, GOOGLENET2014, RESNET2015)
+}
 
 
 def get_recipe(name: str) -> Recipe:
-    """A named recipe ("he2015", "fast").
+    """A named recipe ("he2015", "fast", "alexnet2012", "vgg2014", "googlenet2014", ...).
 
     Raises:
         ValueError: the name is not a recipe; the message lists the recipes.

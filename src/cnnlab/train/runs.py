@@ -14,7 +14,8 @@ import os
 from collections.abc import Sequence
 from pathlib import Path
 
-from cnnlab.data import ArrayDataset, load_dataset
+from cnnlab.data import ArrayDataset, DataError, load_dataset
+from cnnlab.data.stream import DATA_MODES, ImageStream, choose_mode
 from cnnlab.models.registry import check_choice, model_card
 from cnnlab.train.checkpoint import load_checkpoint
 from cnnlab.train.distributed import resolve_device
@@ -54,6 +55,8 @@ def train_from_spec(
     cache_dir: str | os.PathLike | None = None,
     skip_corrupt: bool = False,
     progress: bool = True,
+    data_mode: str = "auto",
+    workers: int | None = None,
 ) -> TrainResult:
     """Train `model` on a dataset given as in `load_dataset` ("cifar10", a path), into `out`.
 
@@ -63,11 +66,19 @@ def train_from_spec(
     `time_minutes` instead sizes the run to end in about that many minutes on this machine
     (measured when it starts; see timing.py).
 
+    `data_mode`: "memory" decodes the whole dataset into one uint8 tensor (cached; small images
+    such as CIFAR, trained at their own size), "stream" reads an image folder image by image
+    with `workers` DataLoader processes (any size; the recipe's crop to the model's input
+    size), "auto" picks by the images' size and number (cnnlab.data.stream.choose_mode).
+    Streamed folders use their val/ split for validation when there is one (and test/ for
+    the test figure).
+
     Raises:
         ValueError: conflicting or out-of-range options; see also `train`.
         DataError: the dataset cannot be read.
     """
     check_choice("split", split, tuple(SPLITS))
+    check_choice("data_mode", data_mode, DATA_MODES)
     if sum(v is not None for v in (steps, epochs, time_minutes)) > 1:
         raise ValueError("give one of --steps, --epochs and --time")
     if time_minutes is not None and budget is not None:
@@ -82,15 +93,27 @@ def train_from_spec(
     check_device(dev)
     show = progress and int(os.environ.get("RANK", "0")) == 0
     train_split, val_split = SPLITS[split]
-
-    def load(split: str) -> ArrayDataset:
-        return load_dataset(
-            data, split, cache_dir=cache_dir, skip_corrupt=skip_corrupt, progress=show
+    mode = choose_mode(data) if data_mode == "auto" else data_mode
+    if mode == "stream":
+        if split != "full":
+            raise ValueError("--split 45k is CIFAR's; a streamed folder validates on its val/")
+        train_data: ArrayDataset | ImageStream = ImageStream.open(
+            data, "train", skip_corrupt=skip_corrupt
         )
+        val_data: ArrayDataset | ImageStream | None = _optional_split(data, "val", skip_corrupt)
+        test_data: ArrayDataset | ImageStream | None = _optional_split(data, "test", skip_corrupt)
+        if val_data is None and test_data is None:
+            raise DataError(f"{data}: no val/ or test/ folder beside train/ to evaluate on")
+    else:
 
-    train_data = load(train_split)
-    val_data = load(val_split) if val_split else None
-    test_data = load("test")
+        def load(split: str) -> ArrayDataset:
+            return load_dataset(
+                data, split, cache_dir=cache_dir, skip_corrupt=skip_corrupt, progress=show
+            )
+
+        train_data = load(train_split)
+        val_data = load(val_split) if val_split else None
+        test_data = load("test")
     if epochs is not None:
         chosen = chosen.with_epochs(epochs, len(train_data))
     elif steps is not None:
@@ -103,7 +126,17 @@ def train_from_spec(
         model, train_data, chosen, out=Path(out), val_data=val_data, test_data=test_data,
         model_options=model_options, seed=seed, device=dev, compile=compile, resume=resume,
         eval_every=eval_every, time_minutes=time_minutes, progress=progress, info=info,
+        workers=workers,
     )  # fmt: skip
+
+
+def _optional_split(data: str | os.PathLike, split: str, skip_corrupt: bool) -> ImageStream | None:
+    try:
+        return ImageStream.open(data, split, skip_corrupt=skip_corrupt)
+    except DataError as e:
+        if f"no split folder {split!r}" in str(e):
+            return None
+        raise
 
 
 def evaluate_from_spec(
@@ -132,7 +165,10 @@ def evaluate_from_spec(
 def parse_options(
     items: Sequence[str], what: str = "model option", example: str = "shortcut=B"
 ) -> dict[str, object]:
-    """["shortcut=B", "width=2"] -> {"shortcut": "B", "width": 2} (ints, floats, true/false)."""
+    """["shortcut=B", "width=2"] -> {"shortcut": "B", "width": 2} (ints, floats, true/false).
+
+    A value with commas is a tuple: "scale_range=256,480" -> {"scale_range": (256, 480)}.
+    """
     options: dict[str, object] = {}
     for item in items:
         key, sep, text = item.partition("=")
@@ -143,6 +179,8 @@ def parse_options(
 
 
 def _parse_value(text: str) -> object:
+    if "," in text:  # a pair or a list: scale_range=256,480
+        return tuple(_parse_value(t) for t in text.split(","))
     if text.lower() in ("true", "false"):
         return text.lower() == "true"
     for kind in (int, float):

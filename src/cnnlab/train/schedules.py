@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 from cnnlab.train.recipes import Recipe
 
-__all__ = ["SlowStart", "learning_rate", "model_depth"]
+__all__ = ["Plateau", "SlowStart", "learning_rate", "model_depth"]
 
 # The slow start watches a running training error: an exponential moving average of the
 # per-batch error over about the last 20 batches, starting from 100% (the paper says only
@@ -23,7 +23,12 @@ __all__ = ["SlowStart", "learning_rate", "model_depth"]
 RUNNING_ERROR_DECAY = 0.95
 
 
-def learning_rate(recipe: Recipe, step: int, slow_start: SlowStart | None = None) -> float:
+def learning_rate(
+    recipe: Recipe,
+    step: int,
+    slow_start: SlowStart | None = None,
+    plateau: Plateau | None = None,
+) -> float:
     """The learning rate of optimizer step `step` (0-based) under `recipe`.
 
     Args:
@@ -31,12 +36,15 @@ def learning_rate(recipe: Recipe, step: int, slow_start: SlowStart | None = None
         step: 0-based index of the step about to be taken.
         slow_start: the He et al. slow-start state; while it is active the rate is the
             recipe's `slow_start_lr`.
+        plateau: the "plateau" schedule's state (how many times the rate was divided).
     """
     if slow_start is not None and slow_start.active:
         assert recipe.slow_start_lr is not None
         return recipe.slow_start_lr
     if step < recipe.warmup_steps:
         return recipe.lr * (step + 1) / recipe.warmup_steps
+    if recipe.schedule == "plateau":
+        return recipe.lr * recipe.lr_gamma ** (plateau.reductions if plateau else 0)
     if recipe.schedule == "step":
         return recipe.lr * recipe.lr_gamma ** bisect.bisect_right(recipe.lr_milestones, step)
     # Decay to zero over the steps after warm-up: the last step gets a rate just above zero.
@@ -85,3 +93,42 @@ class SlowStart:
     def load_state_dict(self, state: dict[str, object]) -> None:
         self.active = bool(state["active"])
         self.running_error = float(state["running_error"])  # type: ignore[arg-type]
+
+
+@dataclass
+class Plateau:
+    """The ImageNet papers' schedule: divide the rate when the validation error stops falling.
+
+    Krizhevsky et al. 2012, section 5: "divide the learning rate by 10 when the validation
+    error rate stopped improving with the current learning rate ... reduced three times prior
+    to termination"; VGG (section 3.1) and ResNet (section 3.4) say the same. "Stopped
+    improving": `recipe.plateau_patience` evaluations in a row without a new lowest error. A
+    fresh rate starts with a fresh count. Checkpointed, so a resumed run divides at the same
+    evaluations as an uninterrupted one.
+    """
+
+    reductions: int = 0
+    best: float | None = None  # lowest validation error (%) at the current rate
+    stale: int = 0  # evaluations since `best` improved
+
+    def update(self, val_error: float, recipe: Recipe) -> bool:
+        """Record an evaluation's validation error; True when the rate was just divided."""
+        if recipe.schedule != "plateau":
+            return False
+        if self.best is None or val_error < self.best:
+            self.best, self.stale = val_error, 0
+            return False
+        self.stale += 1
+        if self.stale < recipe.plateau_patience or self.reductions >= recipe.plateau_max:
+            return False
+        self.reductions += 1
+        self.best, self.stale = None, 0
+        return True
+
+    def state_dict(self) -> dict[str, object]:
+        return {"reductions": self.reductions, "best": self.best, "stale": self.stale}
+
+    def load_state_dict(self, state: dict[str, object]) -> None:
+        self.reductions = int(state["reductions"])  # type: ignore[call-overload]
+        self.best = None if state["best"] is None else float(state["best"])  # type: ignore[arg-type]
+        self.stale = int(state["stale"])  # type: ignore[call-overload]
