@@ -164,3 +164,25 @@ def test_torchrun_command_line(tmp_path: Path) -> None:
     assert {p.name for p in out.iterdir()} == {"config.json", "metrics.jsonl", "checkpoint.pt"}
     assert json.loads((out / "config.json").read_text())["processes"] == 2
     assert [json.loads(x)["step"] for x in (out / "metrics.jsonl").open()] == [2, 4]
+
+
+def test_torchrun_streams_an_image_folder(tmp_path: Path) -> None:
+    # The ImageNet path under torchrun: each process reads and crops its share of every batch.
+    from test_stream import make_folder
+
+    data = make_folder(tmp_path / "data", per_class=4, val=2)
+    torchrun = Path(sys.executable).with_name("torchrun")
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    out = tmp_path / "run"
+    command = [
+        str(torchrun), "--nproc_per_node=2", "--master_port", str(free_port()), "-m", "cnnlab",
+        "train", "resnet20", "--data", str(data), "--out", str(out), "--steps", "2",
+        "--recipe", "resnet2015", "--data-mode", "stream", "--workers", "1", "--device", "cpu",
+        "-R", "batch_size=6", "-R", "scale_range=36,40", "-R", "test_resize=36", "-q",
+    ]  # fmt: skip
+    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    config = json.loads((out / "config.json").read_text())
+    assert config["processes"] == 2 and config["data_mode"]["mode"] == "stream"
+    rows = [json.loads(x) for x in (out / "metrics.jsonl").open()]
+    assert rows[-1]["step"] == 2 and rows[-1]["val_error"] is not None
