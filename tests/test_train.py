@@ -231,6 +231,7 @@ def _rows(run: Path) -> list[dict[str, object]]:
         ("tinynet110", 8, HE2015),
         ("resnet20", 32, FAST),
         ("tinynet", 8, FAST.replace(flip="alternate", cutout=4)),
+        ("resnet20", 32, FAST.replace(ema=0.9)),
     ],
 )
 def test_killed_run_resumes_to_the_same_weights(
@@ -516,3 +517,33 @@ def test_flip_test_time_augmentation_averages_each_image_with_its_mirror() -> No
     assert plain.loss != pytest.approx(flip.loss, rel=1e-5)
     with pytest.raises(ValueError, match="--tta must be one of none, flip"):
         evaluate(net, data, normalize, device=torch.device("cpu"), tta="10crop")
+
+
+def test_weight_average_follows_its_formula_and_is_what_is_saved(tmp_path: Path) -> None:
+    from cnnlab.train.averaging import WeightAverage
+
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4))
+    average = WeightAverage(net, decay=0.9)
+    before = {k: v.clone() for k, v in average.state_dict().items()}
+    with torch.no_grad():
+        for t in net.state_dict().values():
+            if t.is_floating_point():
+                t.add_(1.0)
+    net[1].num_batches_tracked.fill_(7)
+    average.update(net, step=100)  # d = min(0.9, 101 / 110) = 0.9
+    for k, v in average.state_dict().items():
+        if v.is_floating_point():
+            torch.testing.assert_close(v, 0.9 * before[k] + 0.1 * net.state_dict()[k])
+    assert int(average.net[1].num_batches_tracked) == 7
+    assert average.factor(0) == pytest.approx(0.1)  # the first steps count less
+    with pytest.raises(ValueError, match="ema must be in"):
+        FAST.replace(ema=1.0)
+
+    data = make_data(64, 32)
+    result = train("resnet20", data, small(FAST.replace(ema=0.9)), out=tmp_path / "r",
+                   test_data=make_data(16, 32, 2), device="cpu", progress=False)  # fmt: skip
+    state = load_checkpoint(tmp_path / "r")
+    saved, trained = state["model_state"], state["trained_state"]
+    assert any(not torch.equal(saved[k], trained[k]) for k in saved)
+    assert all(torch.equal(saved[k], v) for k, v in result.model.state_dict().items())

@@ -71,6 +71,7 @@ from cnnlab.data.augment import CenterCrop, TrainCrop, pca_colour
 from cnnlab.data.stream import ImageStream, StreamDataset
 from cnnlab.models.registry import create_model, model_card
 from cnnlab.train import timing
+from cnnlab.train.averaging import WeightAverage
 from cnnlab.train.batches import MemoryBatches, StreamBatches, seed_of
 from cnnlab.train.checkpoint import CheckpointError, atomic_write, load_checkpoint, save_checkpoint
 from cnnlab.train.distributed import (
@@ -310,11 +311,17 @@ def _train(
     train_step = make_step(net, env.distributed)
     slow_start = SlowStart.for_model(recipe, model_name)
     plateau = Plateau()
+    # With a weight average, the averaged network is the one evaluated and saved as the model;
+    # the trained weights travel in the checkpoint beside it, for resuming.
+    average = WeightAverage(net, recipe.ema) if recipe.ema else None
+    eval_net = average.net if average is not None else net
     start, best_val, clock = 0, None, {"elapsed_s": 0.0, "train_s": 0.0}
     if state is not None:
         assert ckpt_path is not None
         _check_same_run(state, options, recipe, seed, ckpt_path)
-        net.load_state_dict(state["model_state"])
+        net.load_state_dict(state.get("trained_state", state["model_state"]))
+        if average is not None:
+            average.load_state_dict(state["model_state"])
         train_step.load_optimizer_state(state["optimizer"])
         slow_start.load_state_dict(state["slow_start"])
         if "plateau" in state:
@@ -362,8 +369,9 @@ def _train(
             )
         if not env.is_main:
             return
+        trained = {"trained_state": net.state_dict()} if average is not None else {}
         save_checkpoint(path, {
-            **meta, "model_state": net.state_dict(),
+            **meta, "model_state": eval_net.state_dict(), **trained,
             "optimizer": train_step.optimizer.state_dict(),
             "step": step, "slow_start": slow_start.state_dict(), "best_val_error": best_val,
             "plateau": plateau.state_dict(),
@@ -382,7 +390,7 @@ def _train(
     def evaluate_all() -> dict[str, EvalResult]:
         how = {"device": device, "precision": arithmetic.precision, "memory_format": memory_format}
         return {
-            name: evaluate(net, data, normalize, env=env, workers=workers, **how)  # type: ignore[arg-type]
+            name: evaluate(eval_net, data, normalize, env=env, workers=workers, **how)  # type: ignore[arg-type]
             for name, data in held_out.items()
             if data is not None
         }
@@ -403,6 +411,8 @@ def _train(
         torch.manual_seed(seed_of(seed, "step", step))  # dropout
         x, y = batches.get(step)
         loss, wrong = train_step(x, y, lr)
+        if average is not None:
+            average.update(net, step)
         sums[0] += loss * local
         sums[1] += wrong
         sums[2] += local
@@ -430,7 +440,7 @@ def _train(
         now = time.perf_counter()
         clock["train_s"] += now - t_mark
         if is_eval or is_ckpt:
-            broadcast_buffers(net, env)  # evaluate and save process 0's BN statistics
+            broadcast_buffers(eval_net, env)  # evaluate and save process 0's BN statistics
         row: dict[str, Any] = {
             "step": done, "epoch": round(done / steps_per_epoch, 4), "lr": lr,
             "train_loss": loss_sum / count, "train_error": 100.0 * wrong_sum / count,
@@ -466,8 +476,9 @@ def _train(
     batches.close()
 
     net.eval()
-    result = TrainResult(model=net, steps=step_reached(start, total, stop_after), completed=False,
-                         run_dir=out, metrics=rows, best_val_error=best_val)  # fmt: skip
+    steps_done = step_reached(start, total, stop_after)
+    result = TrainResult(model=eval_net, steps=steps_done, completed=False, run_dir=out,
+                         metrics=rows, best_val_error=best_val)  # fmt: skip
     result.completed = result.steps == total
     if not result.completed:
         return result

@@ -81,6 +81,9 @@ class Recipe:
     weight_decay: float = 1e-4
     decay_norm_and_bias: bool = True  # False: no weight decay on BatchNorm weights and biases
     label_smoothing: float = 0.0
+    # Decay per step of an exponential moving average of the weights (averaging.py), which is
+    # then what is evaluated and saved; 0: off.
+    ema: float = 0.0
     aux_weight: float = 0.3  # GoogLeNet's auxiliary classifiers (Szegedy et al. 2014, section 5)
     augment: bool = True  # 4-pixel zero pad, random 32x32 crop, horizontal flip (section 4.2)
     flip: str = "random"  # "random": a coin per image and step; "alternate": over epochs
@@ -126,6 +129,8 @@ class Recipe:
             raise ValueError(
                 f"lr_milestones must be increasing positive steps, got {self.lr_milestones}"
             )
+        if not 0 <= self.ema < 1:
+            raise ValueError(f"ema must be in [0, 1) (0: off), got {self.ema}")
         if not 0 <= self.label_smoothing < 1:
             raise ValueError(f"label_smoothing must be in [0, 1), got {self.label_smoothing}")
         if self.weight_decay < 0 or not 0 <= self.momentum < 1:
