@@ -1,0 +1,186 @@
+"""Test-time methods: the views (data/views.py), the fully convolutional form (models/dense.py)
+and the averaging of posteriors (train/testtime.py).
+
+Oracles: crops compared with hand slicing at hand-computed offsets; the fully convolutional
+network against the original one at its input size and, at larger sizes, against the original
+classifier on every window (exact at the features' stride); posteriors computed by hand.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import Tensor
+
+from cnnlab.data.views import (
+    HE2015_SCALES,
+    TestTime,
+    center_view,
+    dense_views,
+    parse_scales,
+    resize_shorter,
+    ten_crop_views,
+)
+
+# -- views ------------------------------------------------------------------------------------
+
+# Colours of the quadrants and of the centre square of `quadrant_image`.
+TL, TR, BL, BR, CENTRE = (250, 0, 0), (0, 250, 0), (0, 0, 250), (250, 250, 0), (0, 250, 250)
+
+
+def quadrant_image(size: int = 256) -> Tensor:
+    """Four constant quadrants, a different centre square, and a white mark near the top-left
+    corner, off the diagonal, so that every crop and its mirror differ."""
+    img = torch.zeros(3, size, size, dtype=torch.uint8)
+    h = size // 2
+    for colour, rows, cols in (
+        (TL, slice(0, h), slice(0, h)),
+        (TR, slice(0, h), slice(h, size)),
+        (BL, slice(h, size), slice(0, h)),
+        (BR, slice(h, size), slice(h, size)),
+        (CENTRE, slice(h - 20, h + 20), slice(h - 20, h + 20)),
+    ):
+        img[:, rows, cols] = torch.tensor(colour, dtype=torch.uint8)[:, None, None]
+    img[:, 40:44, 60:70] = 255  # inside every crop that holds the top-left region
+    return img
+
+
+def test_ten_crop_views_are_the_ten_patches_of_the_paper() -> None:
+    img = quadrant_image(256)
+    views = ten_crop_views(img, resize=256, crop=224)
+    assert views.shape == (10, 3, 224, 224) and views.dtype == torch.uint8
+    # 256 - 224 = 32: corners at offsets 0 and 32, the centre at 16 (Krizhevsky et al. 4.1).
+    expected = [
+        img[:, 0:224, 0:224],  # top-left
+        img[:, 0:224, 32:256],  # top-right
+        img[:, 32:256, 0:224],  # bottom-left
+        img[:, 32:256, 32:256],  # bottom-right
+        img[:, 16:240, 16:240],  # centre
+    ]
+    for i, patch in enumerate(expected):
+        assert torch.equal(views[i], patch), f"view {i}"
+        assert torch.equal(views[5 + i], patch.flip(-1)), f"view {5 + i} is not view {i} mirrored"
+        assert not torch.equal(views[5 + i], views[i])  # the mark makes mirrors differ
+    # Read the colours back: each corner view's corner pixel is that quadrant's colour.
+    colour = [tuple(v[:, y, x].tolist()) for v, (y, x) in zip(views, [(0, 0), (0, 223), (223, 0),
+              (223, 223), (112, 112)], strict=False)]  # fmt: skip
+    assert colour == [TL, TR, BL, BR, CENTRE]
+    assert tuple(views[5][:, 0, 223].tolist()) == TL  # mirrored top-left: TL at the right
+    assert len({v.numpy().tobytes() for v in views}) == 10
+
+
+def test_ten_crop_corners_are_those_of_the_central_square() -> None:
+    # Section 2: shorter side to 256, then the central 256 x 256; the patches come from it.
+    img = torch.full((3, 256, 340), 100, dtype=torch.uint8)
+    img[:, :, :42] = 7  # the 42 columns left of the central square (340 - 256 = 84 = 2 x 42)
+    img[:, :, 298:] = 9  # and right of it
+    img[:, :, 42:298] = quadrant_image(256)
+    views = ten_crop_views(img, resize=256, crop=224)
+    square = img[:, :, 42:298]
+    assert torch.equal(views[0], square[:, :224, :224])
+    assert torch.equal(views[3], square[:, 32:, 32:])
+    assert not ((views == 7) | (views == 9)).all(dim=1).any()  # nothing from outside
+
+
+def test_views_resize_first_so_small_images_are_fine() -> None:
+    small = torch.randint(0, 256, (3, 40, 60), dtype=torch.uint8)
+    assert ten_crop_views(small, 256, 224).shape == (10, 3, 224, 224)
+    assert center_view(small, 256, 227).shape == (1, 3, 227, 227)
+    assert dense_views(small, 384).shape == (2, 3, 384, 576)
+
+
+def test_resize_shorter_keeps_the_aspect_ratio() -> None:
+    img = torch.randint(0, 256, (3, 301, 200), dtype=torch.uint8)
+    assert resize_shorter(img, 256).shape == (3, 385, 256)  # floor(256 * 301 / 200) = 385
+    assert resize_shorter(img, 100).shape == (3, 150, 100)
+    assert resize_shorter(img, 200) is img  # already that size
+    flat = torch.full((3, 480, 640), 173, dtype=torch.uint8)
+    assert (resize_shorter(flat, 256) == 173).all()  # antialiased bilinear keeps a constant
+
+
+def test_resize_shorter_agrees_with_torchvision() -> None:
+    # torchvision's Resize(size, antialias=True), the usual ImageNet evaluation resize; its CPU
+    # path works on uint8 in fixed point, ours in float32, so grey levels may differ by one.
+    from torchvision.transforms.v2 import functional as TF
+
+    torch.manual_seed(0)
+    img = torch.randint(0, 256, (3, 75, 111), dtype=torch.uint8)
+    for size in (30, 256):  # down and up
+        ours, theirs = resize_shorter(img, size), TF.resize(img, [size], antialias=True)
+        assert ours.shape == theirs.shape
+        assert (ours.int() - theirs.int()).abs().max() <= 1
+
+
+def test_center_view_and_dense_views() -> None:
+    img = quadrant_image(256)
+    assert torch.equal(center_view(img, 256, 224)[0], img[:, 16:240, 16:240])
+    assert torch.equal(center_view(img, 256, 256)[0], img)
+    rect = torch.randint(0, 256, (3, 200, 300), dtype=torch.uint8)
+    views = dense_views(rect, 256)
+    assert views.shape == (2, 3, 256, 384)
+    assert torch.equal(views[0], resize_shorter(rect, 256))
+    assert torch.equal(views[1], views[0].flip(-1))
+
+
+def test_crop_larger_than_resize_is_an_error() -> None:
+    img = quadrant_image(64)
+    with pytest.raises(ValueError, match="crop 257 is larger than resize 256"):
+        center_view(img, 256, 257)
+    with pytest.raises(ValueError, match="crop 240 is larger than resize 224"):
+        TestTime.ten_crop(resize=224, crop=240)
+    with pytest.raises(ValueError, match="crop must be a positive number of pixels, got 0"):
+        ten_crop_views(img, 256, 0)
+
+
+@pytest.mark.parametrize(
+    "bad", [torch.zeros(3, 8, 8), torch.zeros(8, 8, dtype=torch.uint8), "image.jpg"]
+)
+def test_views_want_one_uint8_image(bad: object) -> None:
+    with pytest.raises(ValueError, match="expected one uint8 image of shape C x H x W"):
+        center_view(bad)  # type: ignore[arg-type]
+
+
+def test_parse_scales() -> None:
+    assert parse_scales("224,256,384,480,640") == HE2015_SCALES
+    assert parse_scales(" 256 , 384") == (256, 384)
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("", "needs comma-separated pixel sizes"),
+        ("224,,256", "needs comma-separated pixel sizes"),
+        ("224,abc", "'abc' is not a positive number of pixels"),
+        ("0,256", "'0' is not a positive number of pixels"),
+        ("-5", "'-5' is not a positive number of pixels"),
+        ("256.5", "'256.5' is not a positive number of pixels"),
+        ("2²", "'2²' is not a positive number of pixels"),
+        ("224,256,224", "scale 224 is repeated"),
+    ],
+)
+def test_parse_scales_errors(text: str, message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        parse_scales(text)
+
+
+def test_test_time_methods() -> None:
+    assert TestTime.parse("center", 256, 227) == TestTime("center", 256, 227)
+    ten = TestTime.parse("10crop")
+    assert (ten.resize, ten.crop, ten.views_per_image) == (256, 224, 10)
+    dense = TestTime.parse("dense", scales="256,384")
+    assert dense == TestTime("dense", scales=(256, 384)) and dense.views_per_image == 4
+    assert TestTime.parse("dense").scales == HE2015_SCALES
+    img = torch.randint(0, 256, (3, 100, 150), dtype=torch.uint8)
+    assert [v.shape for v in dense.views(img)] == [(2, 3, 256, 384), (2, 3, 384, 576)]
+    assert [v.shape for v in ten.views(img)] == [(10, 3, 224, 224)]
+    assert "Krizhevsky" in ten.describe() and "256,384" in dense.describe()
+    with pytest.raises(ValueError, match="must be one of center, 10crop, dense, got 'five'"):
+        TestTime.parse("five", scales="256")
+    with pytest.raises(ValueError, match="must be one of center, 10crop, dense, got 'five'"):
+        TestTime("five", 256, 224)
+    with pytest.raises(ValueError, match="--scales applies to --test-time dense only"):
+        TestTime.parse("10crop", scales="256")
+    with pytest.raises(ValueError, match="at least one scale"):
+        TestTime.dense(())
+    with pytest.raises(ValueError, match="dense evaluation takes scales, not resize and crop"):
+        TestTime("dense", 256, 224, (256,))
