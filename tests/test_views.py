@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
 from cnnlab.data.views import (
     HE2015_SCALES,
@@ -21,6 +21,8 @@ from cnnlab.data.views import (
     resize_shorter,
     ten_crop_views,
 )
+from cnnlab.models import create_model
+from cnnlab.models.dense import FullyConvolutional, fully_convolutional
 
 # -- views ------------------------------------------------------------------------------------
 
@@ -184,3 +186,154 @@ def test_test_time_methods() -> None:
         TestTime.dense(())
     with pytest.raises(ValueError, match="dense evaluation takes scales, not resize and crop"):
         TestTime("dense", 256, 224, (256,))
+
+
+# -- fully convolutional form -----------------------------------------------------------------
+
+
+def _assert_same_logits(actual: Tensor, expected: Tensor) -> None:
+    # Tolerance relative to the logits' own scale (ZFNet's N(0, 0.01) init gives ~1e-3).
+    scale = expected.abs().max().item()
+    assert scale > 0
+    torch.testing.assert_close(actual, expected, rtol=1e-4, atol=1e-4 * scale)
+
+
+@pytest.mark.parametrize(
+    ("name", "options", "size"),
+    [
+        ("alexnet", {"layout": "paper"}, 227),
+        ("alexnet", {"layout": "torchvision"}, 224),
+        ("zfnet", {}, 224),
+        ("vgg11", {"layout": "torchvision"}, 224),
+        ("vgg11_bn", {"layout": "paper"}, 224),
+    ],
+)
+def test_fully_convolutional_gives_the_networks_logits_at_its_input_size(
+    name: str, options: dict[str, str], size: int
+) -> None:
+    torch.manual_seed(0)
+    net = create_model(name, num_classes=10, **options).eval()
+    dense = fully_convolutional(net)
+    assert isinstance(dense, FullyConvolutional)
+    convs = [m for m in dense.classifier if isinstance(m, nn.Conv2d)]
+    linears = [m for m in net.classifier if isinstance(m, nn.Linear)]
+    k = 7 if name.startswith("vgg") else 6  # VGG 3.2: "the first FC layer to a 7 x 7 conv."
+    assert [c.kernel_size for c in convs] == [(k, k), (1, 1), (1, 1)]
+    for c, lin in zip(convs, linears, strict=True):  # shared storage, no copies
+        assert c.weight.data_ptr() == lin.weight.data_ptr()
+    x = torch.randn(1, 3, size, size)
+    with torch.no_grad():
+        expected = net(x)
+        assert dense.score_map(x).shape == (1, 10, 1, 1)
+        _assert_same_logits(dense(x), expected)
+
+
+def test_vgg_dense_at_256_averages_the_classifier_over_the_2x2_windows() -> None:
+    # At 256 pool5 is 8 x 8, so the 7 x 7 first layer fits at 2 x 2 positions (a stride of 32
+    # input pixels); at 256 x 288, 8 x 9 and 2 x 3. Exact oracle: the original classifier on
+    # each 7 x 7 window of pool5, averaged. (The original network on the 224 crops at offsets
+    # 0 and 32 is not the same: the convs' zero padding sees the crop's border where the whole
+    # image has pixels; with random weights the two differ by ~20% of the logits' scale.)
+    torch.manual_seed(0)
+    net = create_model("vgg11", num_classes=10, layout="torchvision").eval()
+    dense = fully_convolutional(net)
+    x = torch.randn(1, 3, 256, 288)  # 8 x 9 pool5, 2 x 3 windows
+    with torch.no_grad():
+        pool5 = net.features(x)
+        assert pool5.shape == (1, 512, 8, 9)
+        windows = [
+            net.classifier(pool5[:, :, i : i + 7, j : j + 7].flatten(1))
+            for i in range(2)
+            for j in range(3)
+        ]
+        score_map = dense.score_map(x)
+        assert score_map.shape == (1, 10, 2, 3)
+        _assert_same_logits(score_map[0, :, 1, 2], windows[5][0])
+        _assert_same_logits(dense(x), torch.stack(windows).mean(0))
+
+
+class UnpaddedNet(nn.Module):
+    """features / avgpool / classifier as AlexNet and VGG, but without padding: a window of the
+    input at a multiple of the stride (4) gives exactly the features at that offset."""
+
+    def __init__(self, num_classes: int = 5) -> None:
+        super().__init__()
+        self.features = nn.Sequential(
+            nn.Conv2d(3, 6, 3), nn.ReLU(), nn.MaxPool2d(2),  # 26 -> 24 -> 12
+            nn.Conv2d(6, 8, 3), nn.ReLU(), nn.MaxPool2d(2),  # 12 -> 10 -> 5
+        )  # fmt: skip
+        self.avgpool = nn.AdaptiveAvgPool2d(5)
+        self.classifier = nn.Sequential(
+            nn.Dropout(), nn.Linear(8 * 5 * 5, 16), nn.ReLU(),
+            nn.Dropout(), nn.Linear(16, num_classes),
+        )  # fmt: skip
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.classifier(torch.flatten(self.avgpool(self.features(x)), 1))
+
+
+def test_dense_equals_the_mean_over_shifted_crops_where_that_is_exact() -> None:
+    # Without padding, the dense score at position (i, j) is the network's output on the
+    # 26 x 26 crop at (4i, 4j): a 34 x 30 input gives 3 x 2 crops, and the average of the
+    # score map is the average of the network's logits over those crops.
+    torch.manual_seed(0)
+    net = UnpaddedNet().eval()
+    dense = fully_convolutional(net)
+    x = torch.randn(2, 3, 34, 30)
+    with torch.no_grad():
+        crops = [
+            net(x[:, :, 4 * i : 4 * i + 26, 4 * j : 4 * j + 26]) for i in range(3) for j in range(2)
+        ]
+        assert dense.score_map(x).shape == (2, 5, 3, 2)
+        _assert_same_logits(dense(x), torch.stack(crops).mean(0))
+        assert not torch.allclose(dense(x), net(x), atol=1e-4)  # the resampling pool differs
+        with pytest.raises(
+            ValueError, match="a 25x40 input gives 4x8 feature maps; .* needs at least 5x5"
+        ):
+            dense(torch.randn(1, 3, 25, 40))
+
+
+@pytest.mark.parametrize(
+    ("name", "size"),
+    [
+        ("resnet18", (96, 128)),
+        ("plain18", (64, 64)),
+        ("preact_resnet18", (64, 96)),
+        ("resnet20", (40, 48)),
+        ("googlenet", (96, 128)),
+    ],
+)
+def test_global_average_pooling_networks_are_already_fully_convolutional(
+    name: str, size: tuple[int, int]
+) -> None:
+    # The linear classifier applied at every position of the last map, then averaged, equals
+    # the network's own output (global average pool, then the linear layer).
+    torch.manual_seed(0)
+    net = create_model(name, num_classes=7).eval()
+    assert fully_convolutional(net) is net
+    maps: list[Tensor] = []
+    net.avgpool.register_forward_hook(lambda m, args, out: maps.append(args[0]))
+    with torch.no_grad():
+        logits = net(torch.randn(2, 3, *size))
+        fmap = maps[0]
+        assert fmap.shape[2] * fmap.shape[3] > 1  # a real map, not a single position
+        score_map = nn.functional.conv2d(fmap, net.fc.weight[:, :, None, None], net.fc.bias)
+        _assert_same_logits(score_map.mean(dim=(2, 3)), logits)
+
+
+def test_googlenet_torchvision_layout_is_also_recognised() -> None:
+    net = create_model("googlenet", num_classes=3, layout="torchvision")
+    assert fully_convolutional(net) is net
+
+
+def test_unsupported_networks_are_named_in_the_error() -> None:
+    with pytest.raises(TypeError, match="cannot make Sequential fully convolutional: .*avgpool"):
+        fully_convolutional(nn.Sequential(nn.Conv2d(3, 4, 3), nn.Flatten(), nn.Linear(4, 2)))
+    net = UnpaddedNet()
+    net.classifier.insert(2, nn.BatchNorm1d(16))
+    with pytest.raises(TypeError, match=r"classifier\[2\] is BatchNorm1d, expected Linear"):
+        fully_convolutional(net)
+    net = UnpaddedNet()
+    net.avgpool = nn.AdaptiveAvgPool2d((None, 5))
+    with pytest.raises(TypeError, match="cannot make UnpaddedNet fully convolutional"):
+        fully_convolutional(net)
