@@ -8,6 +8,8 @@ classifier on every window (exact at the features' stride); posteriors computed 
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 from torch import Tensor, nn
@@ -23,6 +25,7 @@ from cnnlab.data.views import (
 )
 from cnnlab.models import create_model
 from cnnlab.models.dense import FullyConvolutional, fully_convolutional
+from cnnlab.train.testtime import ViewsResult, evaluate_views, scores
 
 # -- views ------------------------------------------------------------------------------------
 
@@ -337,3 +340,130 @@ def test_unsupported_networks_are_named_in_the_error() -> None:
     net.avgpool = nn.AdaptiveAvgPool2d((None, 5))
     with pytest.raises(TypeError, match="cannot make UnpaddedNet fully convolutional"):
         fully_convolutional(net)
+
+
+# -- averaging the posteriors -----------------------------------------------------------------
+
+
+class MeanColourNet(nn.Module):
+    """Logits from the mean colour of the input: class c < 3 scores 4 x channel c (0..1), class
+    3 scores 0.5, class 4 scores -1, class 5 scores -2. Global average pool, then `fc`."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.avgpool = nn.AdaptiveAvgPool2d(1)
+        self.fc = nn.Linear(3, 6)
+        with torch.no_grad():
+            self.fc.weight.zero_()
+            self.fc.weight[:3] = 4 * torch.eye(3)
+            self.fc.bias.copy_(torch.tensor([0, 0, 0, 0.5, -1, -2]))
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.fc(torch.flatten(self.avgpool(x), 1))
+
+
+def unit(x: Tensor) -> Tensor:
+    return x.float() / 255
+
+
+def softmax(logits: list[float]) -> list[float]:
+    e = [math.exp(v) for v in logits]
+    return [v / sum(e) for v in e]
+
+
+def test_scores_average_the_posteriors_of_the_ten_crops_by_hand() -> None:
+    # Red left half, blue right half, 256 x 256. The 224-pixel crops starting at column 0 hold
+    # 128 red and 96 blue columns; those at column 32, 96 red and 128 blue; the centre (16),
+    # 112 of each. Mirrors have the same mean colour. So the ten views' logits are, 4 x the
+    # mean colour: (4*128/224, 0, 4*96/224) for TL, BL and their mirrors, (4*96/224, 0,
+    # 4*128/224) for TR, BR and theirs, (2, 0, 2) for the centre and its mirror.
+    img = torch.zeros(3, 256, 256, dtype=torch.uint8)
+    img[0, :, :128] = 255
+    img[2, :, 128:] = 255
+    left = softmax([4 * 128 / 224, 0, 4 * 96 / 224, 0.5, -1, -2])
+    right = softmax([4 * 96 / 224, 0, 4 * 128 / 224, 0.5, -1, -2])
+    centre = softmax([2, 0, 2, 0.5, -1, -2])
+    expected = [(4 * a + 4 * b + 2 * c) / 10 for a, b, c in zip(left, right, centre, strict=True)]
+    net = MeanColourNet().eval()
+    got = scores(net, ten_crop_views(img, 256, 224), unit, batch_size=3)
+    torch.testing.assert_close(got, torch.tensor(expected), rtol=0, atol=1e-6)
+    # The papers average posteriors, not logits. The mean of the ten views' logits is (2, 0,
+    # 2, 0.5, -1, -2), the centre's, whose softmax differs from the average above.
+    assert abs(got[0].item() - centre[0]) > 1e-3
+
+
+def test_scores_weigh_every_view_of_every_scale_the_same() -> None:
+    net = MeanColourNet().eval()
+    red = torch.zeros(1, 3, 8, 8, dtype=torch.uint8)
+    red[:, 0] = 255
+    green = torch.zeros(3, 3, 16, 16, dtype=torch.uint8)
+    green[:, 1] = 255
+    p_red = softmax([4, 0, 0, 0.5, -1, -2])
+    p_green = softmax([0, 4, 0, 0.5, -1, -2])
+    expected = torch.tensor([(a + 3 * b) / 4 for a, b in zip(p_red, p_green, strict=True)])
+    torch.testing.assert_close(scores(net, [red, green], unit), expected, rtol=0, atol=1e-6)
+    with pytest.raises(ValueError, match="non-empty V x C x h x w"):
+        scores(net, [], unit)
+
+
+def _colour_image(colour: tuple[int, int, int], h: int, w: int) -> Tensor:
+    return torch.tensor(colour, dtype=torch.uint8)[:, None, None].expand(3, h, w).clone()
+
+
+@pytest.mark.parametrize(
+    "method", [TestTime.center(), TestTime.ten_crop(64, 48), TestTime.dense((32, 40))]
+)
+@pytest.mark.parametrize("batch_size", [1, 25, 250])
+def test_evaluate_views_errors_by_hand(method: TestTime, batch_size: int) -> None:
+    # Constant images of three sizes: every view has the image's colour, whatever the method.
+    # Red, label 0: top-1 right. Green, label 3: class 1 first, 3 second: top-5 right only.
+    # Blue, label 5: class 5 is last of six: both wrong.
+    items = [
+        (_colour_image((255, 0, 0), 300, 200), 0),
+        (_colour_image((0, 255, 0), 40, 90), torch.tensor(3)),
+        (_colour_image((0, 0, 255), 256, 256), 5),
+    ]
+    net = MeanColourNet().train()
+    r = evaluate_views(net, items, method, unit, device="cpu", batch_size=batch_size)
+    assert isinstance(r, ViewsResult)
+    assert (r.images, r.views_per_image) == (3, method.views_per_image)
+    assert r.top1_error == pytest.approx(200 / 3)
+    assert r.top5_error == pytest.approx(100 / 3)
+    nll = -(
+        math.log(softmax([4, 0, 0, 0.5, -1, -2])[0])
+        + math.log(softmax([0, 4, 0, 0.5, -1, -2])[3])
+        + math.log(softmax([0, 0, 4, 0.5, -1, -2])[5])
+    )
+    assert r.loss == pytest.approx(nll / 3, abs=1e-5)
+    assert r.method == method.describe()
+    assert net.training  # mode restored
+
+
+def test_evaluate_views_dense_runs_the_fully_convolutional_form() -> None:
+    torch.manual_seed(0)
+    net = UnpaddedNet().eval()
+    images = [torch.randint(0, 256, (3, h, w), dtype=torch.uint8) for h, w in [(30, 41), (50, 33)]]
+    method = TestTime.dense((26, 34))
+    dense = fully_convolutional(net)
+    expected_nll = 0.0
+    for img, label in zip(images, (1, 4), strict=True):
+        posteriors = [
+            dense(unit(v)[i : i + 1]).softmax(1)[0]
+            for s in method.scales
+            for v in [dense_views(img, s)]
+            for i in range(2)
+        ]
+        expected_nll -= math.log(torch.stack(posteriors).mean(0)[label].item())
+    with torch.no_grad():
+        r = evaluate_views(net, zip(images, (1, 4), strict=True), method, unit, device="cpu")
+    assert r.loss == pytest.approx(expected_nll / 2, rel=1e-5)
+
+
+def test_evaluate_views_errors() -> None:
+    net = MeanColourNet()
+    with pytest.raises(ValueError, match="no images to evaluate"):
+        evaluate_views(net, [], TestTime.center(), unit, device="cpu")
+    with pytest.raises(ValueError, match="label 6 is out of range for 6 classes"):
+        evaluate_views(
+            net, [(_colour_image((1, 2, 3), 8, 8), 6)], TestTime.center(8, 8), unit, device="cpu"
+        )
