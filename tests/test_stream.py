@@ -12,8 +12,9 @@ import torch
 from PIL import Image
 
 from cnnlab.data import DataError
-from cnnlab.data.augment import CenterCrop, TrainCrop, pca_colour, resize_shorter
+from cnnlab.data.augment import CenterCrop, TrainCrop, pca_colour
 from cnnlab.data.stream import ImageStream, choose_mode
+from cnnlab.data.views import resize_shorter
 from cnnlab.train import get_recipe, train
 from cnnlab.train.batches import _StepSampler
 from cnnlab.train.recipes import RECIPES
@@ -237,3 +238,43 @@ def test_train_cli_streams_a_folder(folder: Path, tmp_path: Path, capsys) -> Non
                "resnet2015", "--steps", "2", "--workers", "0", "-q", *small])  # fmt: skip
     assert rc == 0
     assert (tmp_path / "c" / "checkpoint.pt").exists()
+
+
+@pytest.fixture(scope="module")
+def streamed_run(folder: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("streamed") / "run"
+    s, v = ImageStream.open(folder, "train"), ImageStream.open(folder, "val")
+    train("resnet20", s, _small("resnet2015", steps=2), out=out, val_data=v, workers=0,
+          progress=False)  # fmt: skip
+    return out
+
+
+def test_eval_of_a_streamed_run_with_each_test_time_method(
+    folder: Path, streamed_run: Path
+) -> None:
+    from cnnlab.train import evaluate_from_spec
+
+    how = {"split": "val", "device": "cpu", "precision": "fp32", "workers": 0}
+    plain = evaluate_from_spec(streamed_run, folder, **how)
+    center = evaluate_from_spec(streamed_run, folder, test_time="center", **how)
+    assert plain.images == center.images == 6
+    assert center.top1_error == pytest.approx(plain.top1_error)  # the same 36 -> 32 centre crop
+    ten = evaluate_from_spec(streamed_run, folder, test_time="10crop", **how)
+    dense = evaluate_from_spec(streamed_run, folder, test_time="dense", scales="32,48", **how)
+    assert ten.views_per_image == 10 and dense.views_per_image == 4
+    assert "Krizhevsky" in ten.method and "dense" in dense.method
+    with pytest.raises(ValueError, match="give one"):
+        evaluate_from_spec(streamed_run, folder, test_time="10crop", tta="flip", **how)
+    with pytest.raises(ValueError, match="--scales applies to --test-time dense"):
+        evaluate_from_spec(streamed_run, folder, scales="32", **how)
+
+
+def test_eval_cli_prints_the_method(folder: Path, streamed_run: Path, capsys) -> None:
+    from cnnlab.cli import main
+
+    args = ["eval", str(streamed_run), "--data", str(folder), "--split", "val", "--workers", "0"]
+    assert main([*args, "--test-time", "10crop"]) == 0
+    out = capsys.readouterr().out
+    assert "top-1 error" in out and "test-time method 10crop" in out
+    assert main([*args, "--test-time", "dense", "--scales", "32,x"]) == 2
+    assert "scale" in capsys.readouterr().err

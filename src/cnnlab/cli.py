@@ -66,8 +66,11 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     r = evaluate_from_spec(
         args.checkpoint, args.data, split=args.split, device=args.device,
         batch_size=args.batch_size, precision=args.precision, tta=args.tta,
+        test_time=args.test_time, scales=args.scales, workers=args.workers,
     )  # fmt: skip
     how = ", test-time augmentation: flip (mirror averaged)" if args.tta == "flip" else ""
+    if getattr(r, "method", None):
+        how = f", test-time method {r.method}"
     print(
         f"top-1 error {r.top1_error:.2f}%  top-5 error {r.top5_error:.2f}%  "
         f"({r.images:,} images, {args.split} split of {args.data}{how})"
@@ -187,6 +190,14 @@ def build_parser() -> argparse.ArgumentParser:
                    help=PRECISION_HELP)  # fmt: skip
     p.add_argument("--tta", choices=("none", "flip"), default="none",
                    help="flip: average each image's logits with its mirror's")  # fmt: skip
+    p.add_argument("--test-time", choices=("center", "10crop", "dense"),
+                   help="the papers' methods: one centre crop; 10 crops (4 corners, centre, "
+                   "mirrored; AlexNet, ResNet); dense, fully convolutional at --scales (VGG, "
+                   "ResNet); class posteriors averaged")  # fmt: skip
+    p.add_argument("--scales", metavar="S,S,...",
+                   help="for --test-time dense (default: 224,256,384,480,640)")  # fmt: skip
+    p.add_argument("--workers", type=int,
+                   help="loader processes for streamed data (default: CPUs, <= 8)")  # fmt: skip
     p.add_argument("--device", help="cpu, cuda, cuda:N (default: the GPU if any)")
     p.set_defaults(func=_cmd_eval)
 

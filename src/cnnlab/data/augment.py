@@ -34,30 +34,14 @@ from dataclasses import dataclass
 
 import torch
 from torch import Tensor
-from torchvision.transforms.v2 import functional as TF
+from torch.nn import functional as F
 
-__all__ = ["CROP_MODES", "CenterCrop", "TrainCrop", "pca_colour", "resize_shorter"]
+from cnnlab.data.views import center_crop, resize_shorter
+
+__all__ = ["CROP_MODES", "CenterCrop", "TrainCrop", "pca_colour"]
 
 CROP_MODES = ("square", "scale", "area")
 _AREA_TRIES = 10  # patches drawn before falling back to the central square (as torchvision)
-
-
-def resize_shorter(img: Tensor, size: int) -> Tensor:
-    """Resize so that the shorter side is `size`, keeping the aspect ratio (antialiased)."""
-    h, w = img.shape[-2:]
-    if min(h, w) == size:
-        return img
-    if h <= w:
-        new = (size, max(size, round(w * size / h)))
-    else:
-        new = (max(size, round(h * size / w)), size)
-    return TF.resize(img, list(new), antialias=True)
-
-
-def _center(img: Tensor, size: int) -> Tensor:
-    h, w = img.shape[-2:]
-    top, left = (h - size) // 2, (w - size) // 2
-    return img[..., top : top + size, left : left + size]
 
 
 def _randint(low: int, high: int, g: torch.Generator) -> int:
@@ -79,6 +63,12 @@ def pca_colour(images: Tensor) -> tuple[Tensor, Tensor]:
     cov = torch.cov(x)
     eigval, eigvec = torch.linalg.eigh(cov)
     return eigval.clamp_min(0).float(), eigvec.float()
+
+
+def _resize(img: Tensor, size: int) -> Tensor:
+    """uint8 C x H x W to C x size x size, antialiased bilinear (the area crop's last step)."""
+    x = F.interpolate(img[None].float(), (size, size), mode="bilinear", antialias=True)
+    return x[0].round_().clamp_(0, 255).to(torch.uint8)
 
 
 @dataclass(frozen=True)
@@ -125,7 +115,7 @@ class TrainCrop:
         else:
             img = resize_shorter(img, _randint(*self.scale, g))
             if self.mode == "square":
-                img = _center(img, self.scale[0])
+                img = center_crop(img, self.scale[0])
             h, w = img.shape[-2:]
             top, left = _randint(0, h - self.size, g), _randint(0, w - self.size, g)
             img = img[:, top : top + self.size, left : left + self.size]
@@ -144,9 +134,9 @@ class TrainCrop:
             if 0 < cw <= w and 0 < ch <= h:
                 top, left = _randint(0, h - ch, g), _randint(0, w - cw, g)
                 patch = img[:, top : top + ch, left : left + cw]
-                return TF.resize(patch, [self.size, self.size], antialias=True)
+                return _resize(patch, self.size)
         side = min(h, w)  # no patch fitted: the central square, as a whole
-        return TF.resize(_center(img, side), [self.size, self.size], antialias=True)
+        return _resize(center_crop(img, side), self.size)
 
     def _lighting(self, img: Tensor, g: torch.Generator) -> Tensor:
         alpha = torch.randn(3, generator=g) * self.lighting
@@ -170,4 +160,4 @@ class CenterCrop:
             )
 
     def __call__(self, img: Tensor, g: torch.Generator | None = None) -> Tensor:
-        return _center(resize_shorter(img, self.resize), self.crop).contiguous()
+        return center_crop(resize_shorter(img, self.resize), self.crop).contiguous()

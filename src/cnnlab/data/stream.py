@@ -23,7 +23,7 @@ import io
 import os
 import tarfile
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
@@ -35,7 +35,7 @@ from cnnlab.data import imagefolder
 from cnnlab.data.dataset import DataError
 from cnnlab.data.files import ARCHIVE_ERRORS, is_archive, member_path
 
-__all__ = ["DATA_MODES", "ImageStream", "StreamDataset", "choose_mode"]
+__all__ = ["DATA_MODES", "ImageStream", "StreamDataset", "choose_mode", "whole_images"]
 
 DATA_MODES = ("auto", "memory", "stream")
 
@@ -214,6 +214,20 @@ class StreamDataset(torch.utils.data.Dataset):
         i, seed = item
         g = torch.Generator().manual_seed(seed)
         return self.transform(self.stream.read(i), g), self.stream.labels[i]
+
+
+def _as_decoded(img: Tensor, g: torch.Generator) -> Tensor:
+    return img
+
+
+def whole_images(stream: ImageStream, workers: int = 0) -> Iterator[tuple[Tensor, int]]:
+    """(image, label) of every image in order, each decoded at its own size by `workers`."""
+    items = [(i, 0) for i in range(len(stream))]
+    loader = torch.utils.data.DataLoader(
+        StreamDataset(stream, _as_decoded), sampler=items, batch_size=None, num_workers=workers
+    )
+    for img, label in loader:
+        yield img, int(label)
 
 
 def choose_mode(spec: str | os.PathLike, split: str = "train") -> str:

@@ -103,7 +103,8 @@ def _crop(img: Tensor, top: int, left: int, size: int) -> Tensor:
     return img[:, top : top + size, left : left + size]
 
 
-def _center_crop(img: Tensor, size: int) -> Tensor:
+def center_crop(img: Tensor, size: int) -> Tensor:
+    """The central `size` x `size` of a C x H x W image (top-left at floor((H - size) / 2))."""
     _, h, w = img.shape
     return _crop(img, (h - size) // 2, (w - size) // 2, size)
 
@@ -122,7 +123,7 @@ def center_view(img: Tensor, resize: int = 256, crop: int = 224) -> Tensor:
         ValueError: crop larger than resize, or not a uint8 C x H x W image.
     """
     _check_crop(resize, crop)
-    return _center_crop(resize_shorter(img, resize), crop)[None].contiguous()
+    return center_crop(resize_shorter(img, resize), crop)[None].contiguous()
 
 
 def ten_crop_views(img: Tensor, resize: int = 256, crop: int = 224) -> Tensor:
@@ -148,7 +149,7 @@ def ten_crop_views(img: Tensor, resize: int = 256, crop: int = 224) -> Tensor:
         ValueError: crop larger than resize, or not a uint8 C x H x W image.
     """
     _check_crop(resize, crop)
-    square = _center_crop(resize_shorter(img, resize), resize)
+    square = center_crop(resize_shorter(img, resize), resize)
     far = resize - crop  # offset of the right and bottom patches
     five = torch.stack(
         [
@@ -156,7 +157,7 @@ def ten_crop_views(img: Tensor, resize: int = 256, crop: int = 224) -> Tensor:
             _crop(square, 0, far, crop),  # top-right
             _crop(square, far, 0, crop),  # bottom-left
             _crop(square, far, far, crop),  # bottom-right
-            _center_crop(square, crop),
+            center_crop(square, crop),
         ]
     )
     return torch.cat([five, five.flip(-1)])

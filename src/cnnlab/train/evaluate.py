@@ -185,12 +185,7 @@ def evaluate_checkpoint(
     """
     dev = resolve_device(device)
     net, state = load_model(checkpoint, dev)
-    if list(data.classes) != list(state["classes"]):
-        raise ValueError(
-            f"the checkpoint was trained on {len(state['classes'])} classes "
-            f"({_preview(state['classes'])}) but the data has {len(data.classes)} "
-            f"({_preview(data.classes)})"
-        )
+    check_classes(state["classes"], data.classes)
     normalize = input_normalize(state["mean"], state["std"], dev)
     arithmetic = choose_arithmetic(dev, precision)
     net = net.to(memory_format=arithmetic.memory_format)
@@ -250,6 +245,15 @@ def predict(
             Prediction(str(path), tuple(classes[j] for j in i.tolist()), tuple(p.tolist()))
         )
     return results
+
+
+def check_classes(trained: Sequence[str], data: Sequence[str]) -> None:
+    """A clear error when the data's classes are not those the network was trained on."""
+    if list(data) != list(trained):
+        raise ValueError(
+            f"the checkpoint was trained on {len(trained)} classes ({_preview(trained)}) but "
+            f"the data has {len(data)} ({_preview(data)})"
+        )
 
 
 def _preview(classes: Sequence[str]) -> str:

@@ -14,15 +14,25 @@ import os
 from collections.abc import Sequence
 from pathlib import Path
 
-from cnnlab.data import ArrayDataset, DataError, load_dataset
-from cnnlab.data.stream import DATA_MODES, ImageStream, choose_mode
+from cnnlab.data import ArrayDataset, DataError, Normalize, load_dataset
+from cnnlab.data.augment import CenterCrop
+from cnnlab.data.stream import DATA_MODES, ImageStream, StreamDataset, choose_mode, whole_images
+from cnnlab.data.views import TestTime
 from cnnlab.models.registry import check_choice, model_card
 from cnnlab.train.checkpoint import load_checkpoint
 from cnnlab.train.distributed import resolve_device
-from cnnlab.train.evaluate import EvalResult, evaluate_checkpoint
-from cnnlab.train.hardware import check_device
-from cnnlab.train.loop import TrainResult, check_run_folder, train
+from cnnlab.train.evaluate import (
+    EvalResult,
+    check_classes,
+    evaluate,
+    evaluate_checkpoint,
+    input_normalize,
+    load_model,
+)
+from cnnlab.train.hardware import check_device, choose_arithmetic
+from cnnlab.train.loop import TrainResult, check_run_folder, default_workers, train
 from cnnlab.train.recipes import get_recipe
+from cnnlab.train.testtime import ViewsResult, evaluate_views
 from cnnlab.train.timing import check_minutes
 
 __all__ = ["SPLITS", "evaluate_from_spec", "parse_options", "train_from_spec"]
@@ -148,18 +158,70 @@ def evaluate_from_spec(
     batch_size: int = 500,
     precision: str = "auto",
     tta: str = "none",
+    test_time: str | None = None,
+    scales: str | None = None,
+    workers: int | None = None,
     cache_dir: str | os.PathLike | None = None,
     progress: bool = True,
-) -> EvalResult:
+) -> EvalResult | ViewsResult:
     """Top-1 and top-5 error of a checkpoint on a split of a dataset (default: test).
 
     `tta` "flip": test-time augmentation, each image's logits averaged with its mirror's.
+    `test_time` "center" | "10crop" | "dense" (`scales` "224,256,384,480,640"): the papers'
+    test-time methods (cnnlab.train.testtime), class posteriors averaged over the views. A
+    network trained on a streamed folder is evaluated on the folder streamed too, its centre
+    crop by default (the checkpoint records the resize and crop); in-memory data (CIFAR) by
+    default as it was trained, whole images.
     """
-    load_checkpoint(checkpoint)  # a bad checkpoint fails before the dataset is decoded
-    dataset = load_dataset(data, split, cache_dir=cache_dir, progress=progress)
-    return evaluate_checkpoint(
-        checkpoint, dataset, device=device, batch_size=batch_size, precision=precision, tta=tta
+    state = load_checkpoint(checkpoint)  # a bad checkpoint fails before the dataset is decoded
+    if test_time is not None and tta != "none":
+        raise ValueError("--tta flip and --test-time are two methods; give one (10crop flips)")
+    prep = state.get("preprocess")
+    if test_time is not None:
+        method = TestTime.parse(  # bad --test-time or --scales fail before the data is read
+            test_time,
+            resize=prep["resize"] if prep else int(state["image_shape"][-1]),
+            crop=int(state["image_shape"][-1]),
+            scales=scales,
+        )
+    elif scales is not None:
+        raise ValueError("--scales applies to --test-time dense")
+    workers = default_workers() if workers is None else workers
+    streamed = prep is not None or choose_mode(data, split) == "stream"
+    if test_time is None and not streamed:
+        dataset = load_dataset(data, split, cache_dir=cache_dir, progress=progress)
+        return evaluate_checkpoint(
+            checkpoint, dataset, device=device, batch_size=batch_size, precision=precision, tta=tta
+        )
+    dev = resolve_device(device)
+    net, state = load_model(checkpoint, dev)
+    images: ArrayDataset | ImageStream = (
+        ImageStream.open(data, split)
+        if streamed
+        else load_dataset(data, split, cache_dir=cache_dir, progress=progress)
     )
+    check_classes(state["classes"], images.classes)
+    arithmetic = choose_arithmetic(dev, precision)
+    net = net.to(memory_format=arithmetic.memory_format)
+    normalize = input_normalize(state["mean"], state["std"], dev)
+    how = {"device": dev, "precision": arithmetic.precision,
+           "memory_format": arithmetic.memory_format}  # fmt: skip
+    if test_time is None:  # a streamed network's own evaluation: the centre crop it trained for
+        assert prep is not None and isinstance(images, ImageStream)
+        crop = StreamDataset(images, CenterCrop(prep["resize"], prep["crop"]))
+        return evaluate(net, crop, normalize, batch_size=batch_size, tta=tta, workers=workers,
+                        **how)  # type: ignore[arg-type]  # fmt: skip
+    if normalize.mean.shape[2:] != (1, 1) and method.name == "dense":
+        # A per-pixel mean fits crops of its own size only: whole images of other sizes get
+        # its average per channel.
+        normalize = Normalize(normalize.mean.mean((2, 3)).flatten(), normalize.std.flatten())
+        normalize = normalize.to(dev)
+    items = (
+        whole_images(images, workers)
+        if isinstance(images, ImageStream)
+        else zip(images.images, images.labels.tolist(), strict=True)
+    )
+    return evaluate_views(net, items, method, normalize, batch_size=batch_size, **how)  # type: ignore[arg-type]
 
 
 def parse_options(
