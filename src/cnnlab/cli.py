@@ -4,6 +4,7 @@ cnnlab models [PATTERN]
 cnnlab summary MODEL [--input-size N] [--json]
 cnnlab visualize filters|activations|deconv|curves ...
 cnnlab experiment degradation|depth|shortcuts --out DIR [--budget F] [--seeds N]
+cnnlab export CHECKPOINT_OR_MODEL --format onnx|torchscript --out FILE [--fold-bn]
 """
 
 from __future__ import annotations
@@ -117,6 +118,25 @@ def _cmd_experiment(args: argparse.Namespace) -> int:
         compile=args.compile, progress=not args.quiet, jobs=args.jobs,
     )  # fmt: skip
     print(f"wrote {report}")
+    return 0
+
+
+def _cmd_export(args: argparse.Namespace) -> int:
+    from cnnlab.export import ExportError, ExportPackageError, export
+    from cnnlab.train import parse_options
+
+    try:
+        result = export(
+            args.source, args.out, format=args.format, fold_bn=args.fold_bn,
+            input_size=args.input_size, model_options=parse_options(args.option),
+            opset=args.opset,
+        )  # fmt: skip
+    except ExportPackageError as e:
+        raise CliError(str(e)) from None
+    except ExportError as e:  # the exporter or the check failed: not a usage error, status 1
+        print(f"cnnlab: error: {e}", file=sys.stderr)
+        return 1
+    print(result.summary())
     return 0
 
 
@@ -268,6 +288,24 @@ def build_parser() -> argparse.ArgumentParser:
                    help="runs trained at once, a process each (GPU only; default: 1)")  # fmt: skip
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bars or run lines")
     p.set_defaults(func=_cmd_experiment)
+
+    # -- cnnlab export: ONNX or TorchScript, checked against PyTorch (cnnlab.export) --
+    p = sub.add_parser("export", help="ONNX or TorchScript file of a network, checked by running")
+    p.add_argument("source", metavar="CHECKPOINT_OR_MODEL",
+                   help="a checkpoint, a run folder, or a model name (random weights)")  # fmt: skip
+    p.add_argument("--format", required=True, help="onnx (needs cnnlab[export]) or torchscript")
+    p.add_argument("--out", required=True, help="the file; FILE.json beside it says what to feed")
+    p.add_argument("--fold-bn", action="store_true",
+                   help="fold each batch norm into the conv before it")  # fmt: skip
+    p.add_argument(
+        "--input-size",
+        type=int,
+        help="side of the square input (default: as trained, or the card's)",
+    )
+    p.add_argument("-O", "--option", action="append", default=[], metavar="KEY=VALUE",
+                   help="model option for a model name, e.g. -O layout=torchvision")  # fmt: skip
+    p.add_argument("--opset", type=int, help="ONNX opset (default: the exporter's)")
+    p.set_defaults(func=_cmd_export)
 
     return parser
 

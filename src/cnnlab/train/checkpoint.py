@@ -34,9 +34,15 @@ class CheckpointError(ValueError):
     """
 
 
-def atomic_write(path: str | Path, write: Callable[[IO[bytes]], None]) -> None:
+def atomic_write(
+    path: str | Path,
+    write: Callable[[IO[bytes]], None],
+    check: Callable[[Path], None] | None = None,
+) -> None:
     """Call `write(file)` on a temporary file next to `path`, then rename it to `path`.
 
+    `check(temporary_path)`, when given, runs on the complete, closed temporary file before the
+    rename: what it raises stops the write (cnnlab export runs the exported network there).
     On any error the temporary file is removed and `path` is left as it was.
     """
     path = Path(path)
@@ -48,6 +54,8 @@ def atomic_write(path: str | Path, write: Callable[[IO[bytes]], None]) -> None:
             write(f)
             f.flush()
             os.fsync(f.fileno())
+        if check is not None:
+            check(Path(tmp))
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
