@@ -210,7 +210,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("visualize", help="PNG figures: filters, activations, deconvnet, curves")
     vis = p.add_subparsers(dest="figure", required=True, metavar="FIGURE")
     net_help = "a checkpoint, a run folder, or a model name (random weights, or --weights)"
-    vis_weights_help = WEIGHTS_HELP + "; images are then resized and centre-cropped as its own"
+    vis_weights_help = WEIGHTS_HELP + "; images then go in as torchvision's transforms for them"
     v = vis.add_parser("filters", help="the first layer's kernels as an image grid")
     v.add_argument("checkpoint", metavar="CHECKPOINT|MODEL", help=net_help)
     v.add_argument("--weights", metavar="NAME", help=WEIGHTS_HELP)
