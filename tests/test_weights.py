@@ -267,11 +267,17 @@ def test_cli_without_network_says_one_line(
     assert f"copy resnet18-f37072fd.pth into {folder}," in err
 
 
-def test_an_unreadable_file_is_named(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_an_unreadable_or_unfitting_file_is_named(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     folder = _point_hub_at(tmp_path, monkeypatch)
     folder.mkdir(parents=True)
-    (folder / "resnet18-f37072fd.pth").write_bytes(b"half a file")
+    file = folder / "resnet18-f37072fd.pth"
+    file.write_bytes(b"half a file")
     with pytest.raises(WeightsFileError, match="cannot read .*resnet18-f37072fd.pth.*delete it"):
+        cnnlab.create_model("resnet18", weights="DEFAULT")
+    torch.save({"conv1.weight": torch.zeros(64, 3, 7, 7)}, file)  # another network's file
+    with pytest.raises(WeightsFileError, match="does not fit resnet18 .*Missing key.*bn1"):
         cnnlab.create_model("resnet18", weights="DEFAULT")
 
 

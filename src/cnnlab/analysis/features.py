@@ -101,8 +101,8 @@ class Network:
         image_size: (height, width) the network takes: its training images' size, the crop
             of published weights, or the card's input size for a bare model name.
         notes: what a reader of the figures should know (e.g. assumed statistics).
-        pretrained: torchvision's published weights, if those are loaded: images are then
-            prepared as torchvision's transforms for them prepare them.
+        pretrained: torchvision's published weights, when those are loaded; `prepare` then
+            resizes and crops as their transforms do.
     """
 
     model: nn.Module

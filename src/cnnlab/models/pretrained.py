@@ -295,9 +295,13 @@ def load(
     try:
         net.load_state_dict(state)
     except RuntimeError as e:
+        # torch's message opens with "Error(s) in loading state_dict for X:"; the next line
+        # says which keys or shapes.
+        lines = [line.strip() for line in str(e).splitlines() if line.strip()]
+        detail = lines[1] if len(lines) > 1 else _first_line(e)
         raise WeightsFileError(
-            f"{meta.file} does not fit {name} (layout='torchvision'): "
-            f"{_first_line(e)}; delete it to download it again"
+            f"{meta.file} does not fit {name} (layout='torchvision'): {detail[:200]}; "
+            "delete it to download it again"
         ) from None
     net.pretrained = meta
     return net.eval(), meta
