@@ -1,7 +1,9 @@
 """cnnlab: the classic ImageNet-era convolutional networks, as the papers describe them.
 
 The public surface:
-    create_model(name, **options)   build a registered network
+    create_model(name, **options)   build a registered network; weights="IMAGENET1K_V1" (or any
+                                    name torchvision publishes for it) loads torchvision's
+                                    trained weights, described by `net.pretrained`
     list_models(pattern=None)       registered names (fnmatch pattern)
     model_card(name)                paper, input size, exact params and multiply-adds, results
     profile(model_or_name, ...)     per-layer output shape, params, MACs, neurons, connections,

@@ -21,6 +21,10 @@ from cnnlab.train.hardware import PRECISION_CHOICES
 from cnnlab.train.recipes import RECIPES
 
 PRECISION_HELP = "auto (default): bf16 where the hardware runs it natively, else fp32"
+WEIGHTS_HELP = (
+    "torchvision's published weights for the model, e.g. IMAGENET1K_V1 or DEFAULT "
+    "(downloaded on first use into torch's hub cache)"
+)
 
 
 class CliError(Exception):
@@ -82,7 +86,10 @@ def _cmd_eval(args: argparse.Namespace) -> int:
 def _cmd_predict(args: argparse.Namespace) -> int:
     from cnnlab.train import predict
 
-    for p in predict(args.checkpoint, args.images, top=args.top, device=args.device):
+    found = predict(
+        args.checkpoint, args.images, top=args.top, device=args.device, weights=args.weights
+    )
+    for p in found:
         ranked = zip(p.classes, p.probabilities, strict=True)
         print(f"{p.path}: " + ", ".join(f"{name} {100 * q:.1f}%" for name, q in ranked))
     return 0
@@ -92,15 +99,18 @@ def _cmd_visualize(args: argparse.Namespace) -> int:
     from cnnlab.analysis import plots
 
     if args.figure == "filters":
-        path = plots.draw_filters(args.checkpoint, args.out)
+        path = plots.draw_filters(args.checkpoint, args.out, weights=args.weights)
     elif args.figure == "activations":
         path = plots.draw_activations(
-            args.checkpoint, args.image, args.out, channels=args.channels, layers=args.layers
-        )
+            args.checkpoint, args.image, args.out, channels=args.channels, layers=args.layers,
+            weights=args.weights,
+        )  # fmt: skip
     elif args.figure == "deconv":
         path = plots.draw_deconv(
-            args.checkpoint, args.data, args.out, layer=args.layer, channels=args.channels,
-            split=args.split, limit=args.limit or None, top=args.top,
+            args.checkpoint, args.data or "cifar10", args.out, layer=args.layer,
+            channels=args.channels, split=args.split, limit=args.limit or None, top=args.top,
+            weights=args.weights,
+            images=args.images,
         )  # fmt: skip
     else:
         path = plots.draw_curves(args.runs, args.out, args.title)
@@ -224,8 +234,13 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser(
         "predict", help="most probable classes of your own images (resized to the training size)"
     )
-    p.add_argument("checkpoint", help="a checkpoint file or a run folder (its checkpoint.pt)")
-    p.add_argument("images", nargs="+", help="image files; each is resized as a whole by PIL")
+    p.add_argument("checkpoint", metavar="CHECKPOINT|MODEL",
+                   help="a checkpoint file or a run folder (its checkpoint.pt); with --weights, "
+                   "a model name")  # fmt: skip
+    p.add_argument("images", nargs="+",
+                   help="image files; each is resized as a whole by PIL (with --weights: "
+                   "shorter side resized, centre crop, as torchvision's transforms)")  # fmt: skip
+    p.add_argument("--weights", metavar="NAME", help=WEIGHTS_HELP + "; classes are ImageNet's")
     p.add_argument("--top", type=int, default=5, help="classes to show per image (default: 5)")
     p.add_argument("--device", help="cpu, cuda, cuda:N (default: the GPU if any)")
     p.set_defaults(func=_cmd_predict)
@@ -233,27 +248,45 @@ def build_parser() -> argparse.ArgumentParser:
     # -- cnnlab visualize: figures of what a network sees (cnnlab.analysis.plots) --
     p = sub.add_parser("visualize", help="PNG figures: filters, activations, deconvnet, curves")
     vis = p.add_subparsers(dest="figure", required=True, metavar="FIGURE")
-    net_help = "a checkpoint, a run folder, or a model name (random weights)"
+    net_help = "a checkpoint, a run folder, or a model name (random weights, or --weights)"
+    vis_weights_help = WEIGHTS_HELP + "; images then go in as torchvision's transforms for them"
     v = vis.add_parser("filters", help="the first layer's kernels as an image grid")
-    v.add_argument("checkpoint", help=net_help)
+    v.add_argument("checkpoint", metavar="CHECKPOINT|MODEL", help=net_help)
+    v.add_argument("--weights", metavar="NAME", help=WEIGHTS_HELP)
     v.add_argument("--out", default="filters.png", help="PNG file (default: filters.png)")
     v = vis.add_parser("activations", help="the feature maps of each stage for one image")
-    v.add_argument("checkpoint", help=net_help)
+    v.add_argument("checkpoint", metavar="CHECKPOINT|MODEL", help=net_help)
     v.add_argument("image", help="an image file (resized to the network's input size)")
+    v.add_argument("--weights", metavar="NAME", help=vis_weights_help)
     v.add_argument("--channels", type=int, default=8, help="maps shown per stage (default: 8)")
     v.add_argument("--layers", nargs="+", metavar="NAME",
                    help="module paths or conv labels (default: each stage)")  # fmt: skip
     v.add_argument("--out", default="activations.png", help="PNG file (default: activations.png)")
-    v = vis.add_parser("deconv", help="Zeiler & Fergus's deconvnet: top images per channel")
-    v.add_argument("checkpoint", help=net_help)
+    v = vis.add_parser(
+        "deconv",
+        help="Zeiler & Fergus's deconvnet: top images per channel",
+        description="For each channel, the images (of --data, or your own --images) that "
+        "excite it most, the deconvnet projection of that unit to pixel space, and the image "
+        "patch under its receptive field. Example: cnnlab visualize deconv alexnet --weights "
+        "IMAGENET1K_V1 --layer conv5 --images photos/",
+    )
+    v.add_argument("checkpoint", metavar="CHECKPOINT|MODEL", help=net_help)
+    v.add_argument("--weights", metavar="NAME", help=vis_weights_help)
     v.add_argument("--layer", required=True,
                    help="module path or conv label: features.12, conv5, layer3")  # fmt: skip
     v.add_argument("--channels", type=int, nargs="+", metavar="C",
                    help="feature maps (default: the 4 with the largest activations)")  # fmt: skip
-    v.add_argument("--data", default="cifar10", help="cifar10 (default), cifar100 or a path")
-    v.add_argument("--split", default="test", help="default: test")
+    source = v.add_mutually_exclusive_group()
+    source.add_argument("--data",
+                        help="dataset searched: cifar10 (default), cifar100 or a path")  # fmt: skip
+    source.add_argument("--images", nargs="+", metavar="PATH",
+                        help="search your own photos instead: image files and folders of them "
+                        "(not subfolders), any sizes, each resized to the network's input "
+                        "(with --weights: shorter side resized, centre crop); labelled by "
+                        "file name")  # fmt: skip
+    v.add_argument("--split", default="test", help="split of --data (default: test)")
     v.add_argument("--limit", type=int, default=2000,
-                   help="images searched, spread over the split (0: all)")  # fmt: skip
+                   help="images of --data searched, spread over the split (0: all)")  # fmt: skip
     v.add_argument("--top", type=int, default=9, help="images per channel (default: 9)")
     v.add_argument("--out", default="deconv.png", help="PNG file (default: deconv.png)")
     v = vis.add_parser("curves", help="training (dashed) and test (bold) error of runs")

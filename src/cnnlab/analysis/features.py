@@ -50,6 +50,7 @@ from torch import Tensor, nn
 from torch.overrides import TorchFunctionMode
 
 from cnnlab.data import Normalize
+from cnnlab.models.pretrained import Pretrained, load
 from cnnlab.models.registry import create_model, list_models, model_card
 
 __all__ = [
@@ -67,6 +68,7 @@ __all__ = [
     "kernel_images",
     "layer_names",
     "load_image",
+    "load_images",
     "load_network",
     "project",
     "receptive_field_boxes",
@@ -91,13 +93,16 @@ class Network:
     Attributes:
         model: the network, eval mode, on the CPU.
         name: its registered model name.
-        source: "checkpoint PATH" or "random weights".
-        classes: the class names of its outputs; None for random weights.
+        source: "checkpoint PATH", "torchvision weights NAME" or "random weights".
+        classes: the class names of its outputs; None for random weights (and for weights
+            without a classifier).
         mean: input mean in 0..1 units, per channel (C,) or per pixel (C, H, W).
         std: per-channel standard deviation, or None (mean subtracted only).
-        image_size: (height, width) the network takes: its training images' size, or the
-            card's input size for a bare model name.
+        image_size: (height, width) the network takes: its training images' size, the crop
+            of published weights, or the card's input size for a bare model name.
         notes: what a reader of the figures should know (e.g. assumed statistics).
+        pretrained: torchvision's published weights, when those are loaded; `prepare` then
+            resizes and crops as their transforms do.
     """
 
     model: nn.Module
@@ -108,13 +113,18 @@ class Network:
     std: Tensor | None
     image_size: tuple[int, int]
     notes: tuple[str, ...] = ()
+    pretrained: Pretrained | None = None
 
     @property
     def trained(self) -> bool:
         return self.classes is not None
 
     def prepare(self, images: Tensor) -> Tensor:
-        """uint8 N x 3 x H x W images, resized to `image_size`, as uint8."""
+        """uint8 N x 3 x H x W images (one size) as the network sees them, uint8 of
+        `image_size`: with published weights, the shorter side resized and the centre
+        cropped as torchvision's transforms for them do; otherwise resized as a whole."""
+        if self.pretrained is not None:
+            return self.pretrained.prepare(images)
         if tuple(images.shape[-2:]) == self.image_size:
             return images
         x = F.interpolate(
@@ -128,19 +138,27 @@ class Network:
         return Normalize(self.mean, self.std)(images)
 
 
-def load_network(checkpoint_or_name: str | Path) -> Network:
-    """A checkpoint's network, or a registered model with random weights.
+def load_network(checkpoint_or_name: str | Path, weights: str | None = None) -> Network:
+    """A checkpoint's network, a registered model with random weights, or one with
+    torchvision's published weights.
 
     Args:
         checkpoint_or_name: a checkpoint file or run folder written by `cnnlab train`, or a
             registered model name (random weights, seed 0, the card's input size and ImageNet
             statistics: handy to see an untrained network).
+        weights: with a model name, torchvision's published weights for it ("IMAGENET1K_V1",
+            "DEFAULT"; see cnnlab.models.pretrained): the trained network, its classes, and
+            its input pipeline (resize, centre crop, mean and std).
 
     Raises:
         FileNotFoundError: neither an existing path nor a registered model name.
         CheckpointError: the checkpoint cannot be used (see `load_checkpoint`).
+        ValueError: `weights` with a checkpoint, or weights the model does not have.
+        WeightsFileError: the weights cannot be found, downloaded or read.
     """
     spec = str(checkpoint_or_name)
+    if weights is not None:
+        return _pretrained_network(spec, weights)
     if Path(spec).exists():
         from cnnlab.train.evaluate import load_model
 
@@ -177,6 +195,21 @@ def load_network(checkpoint_or_name: str | Path) -> Network:
     )
 
 
+def _pretrained_network(name: str, weights: str) -> Network:
+    model, meta = load(name, weights)
+    return Network(
+        model=model.eval(),
+        name=name,
+        source=f"torchvision weights {meta.weights}",
+        classes=meta.classes,
+        mean=torch.tensor(meta.mean),
+        std=torch.tensor(meta.std),
+        image_size=meta.input_size,
+        notes=(meta.describe(),),
+        pretrained=meta,
+    )
+
+
 def _card_size(name: str) -> tuple[int, int]:
     side = model_card(name).input_size
     return side, side
@@ -201,6 +234,38 @@ def load_image(path: str | Path) -> Tensor:
     except (OSError, UnidentifiedImageError) as e:
         raise ValueError(f"cannot read image {path}: {e}") from None
     return pixels.view(height, width, 3).permute(2, 0, 1).contiguous()
+
+
+def load_images(paths: Sequence[str | Path]) -> tuple[list[Tensor], list[str]]:
+    """Image files, and the image files in folders (not their subfolders), in the order given
+    (a folder's in name order), each as uint8 3 x H x W of its own size.
+
+    Returns:
+        (the images, their file names).
+
+    Raises:
+        FileNotFoundError: a path that does not exist.
+        ValueError: a file PIL cannot read, a folder without images, or no paths at all.
+    """
+    from cnnlab.data.imagefolder import IMAGE_SUFFIXES, is_image
+
+    files: list[Path] = []
+    for spec in paths:
+        path = Path(spec)
+        if path.is_dir():
+            found = sorted(p for p in path.iterdir() if p.is_file() and is_image(p.name))
+            if not found:
+                raise ValueError(
+                    f"{path}: no image files in this folder ({', '.join(IMAGE_SUFFIXES)})"
+                )
+            files += found
+        elif path.exists():
+            files.append(path)
+        else:
+            raise FileNotFoundError(f"no image file or folder {path}")
+    if not files:
+        raise ValueError("name at least one image file or folder")
+    return [load_image(f) for f in files], [f.name for f in files]
 
 
 # -- layers by name --------------------------------------------------------------------------
@@ -639,12 +704,13 @@ class ChannelProjections:
 
 @torch.inference_mode()
 def _channel_maxima(
-    net: Network, images: Tensor, layer: str, batch_size: int
+    net: Network, images: Tensor, layer: str, batch_size: int, prepared: bool
 ) -> tuple[Tensor, Tensor]:
     """Per image and channel, the largest activation and its flat position: two N x C."""
     values, where = [], []
     for start in range(0, images.shape[0], batch_size):
-        x = net.normalize(net.prepare(images[start : start + batch_size]))
+        batch = images[start : start + batch_size]
+        x = net.normalize(batch if prepared else net.prepare(batch))
         out = _forward_to(net.model, x, layer).flatten(2)  # N x C x (h * w)
         v, i = out.max(dim=2)
         values.append(v)
@@ -663,6 +729,7 @@ def deconv_top_images(
     top: int = 9,
     strongest: int = 4,
     batch_size: int = 50,
+    prepared: bool = False,
 ) -> list[ChannelProjections]:
     """Zeiler and Fergus's Fig. 2 for some channels of a layer.
 
@@ -671,7 +738,7 @@ def deconv_top_images(
 
     Args:
         net: the network (`load_network`).
-        images: uint8 N x 3 x H x W, any size (resized to `net.image_size`).
+        images: uint8 N x 3 x H x W, any size (`net.prepare` makes them `net.image_size`).
         labels: int64 N, indices into `classes`.
         classes: the dataset's class names.
         layer: a module path or conv label ("conv5", "features.12", "layer3").
@@ -679,6 +746,8 @@ def deconv_top_images(
         top: images per channel (9 in the paper).
         strongest: how many channels to pick when `channels` is None.
         batch_size: images per forward pass of the search.
+        prepared: the images are already as the network sees them (`net.prepare` of each,
+            e.g. photos of mixed sizes prepared one by one), and are not prepared again.
 
     Raises:
         ValueError: unknown layer, a layer without feature maps, a channel out of range.
@@ -687,9 +756,12 @@ def deconv_top_images(
     layer = resolve_layer(model, layer, net.image_size[0])
     if images.shape[0] == 0:
         raise ValueError("no images to search")
-    probe = net.normalize(net.prepare(images[:1]))
-    c, h, w = _check_called_once(model, layer, probe)
-    values, where = _channel_maxima(net, images, layer, batch_size)
+
+    def seen(index: Tensor | slice) -> Tensor:
+        return images[index] if prepared else net.prepare(images[index])
+
+    c, h, w = _check_called_once(model, layer, net.normalize(seen(slice(0, 1))))
+    values, where = _channel_maxima(net, images, layer, batch_size, prepared)
     if channels is None:
         channels = values.amax(dim=0).topk(min(strongest, c)).indices.sort().values.tolist()
     for ch in channels:
@@ -711,8 +783,8 @@ def deconv_top_images(
     )
     results = []
     for ch, best, positions in chosen:
-        seen = net.prepare(images[best])
-        proj, act, _ = project(model, net.normalize(seen), layer, ch, positions)
+        pixels = seen(best)
+        proj, act, _ = project(model, net.normalize(pixels), layer, ch, positions)
         units = tuple(
             TopUnit(
                 index=int(i),
@@ -723,7 +795,7 @@ def deconv_top_images(
                 image=img,
                 projection=pr,
             )
-            for i, a, p, img, pr in zip(best.tolist(), act, positions, seen, proj, strict=True)
+            for i, a, p, img, pr in zip(best.tolist(), act, positions, pixels, proj, strict=True)
         )
         results.append(ChannelProjections(layer, int(ch), (h, w), units))
     return results

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import math
+import textwrap
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -29,11 +30,13 @@ from torch import Tensor
 
 from cnnlab.analysis.features import (
     ChannelProjections,
+    Network,
     deconv_top_images,
     describe_layers,
     first_conv,
     kernel_images,
     load_image,
+    load_images,
     load_network,
     resolve_layer,
     spread_subset,
@@ -181,7 +184,12 @@ def _signed_to_unit(p: Tensor) -> Tensor:
 
 
 def plot_deconv(
-    results: Sequence[ChannelProjections], path: str | Path, title: str, *, layer_label: str = ""
+    results: Sequence[ChannelProjections],
+    path: str | Path,
+    title: str,
+    *,
+    layer_label: str = "",
+    patch_label: str = "class",
 ) -> Path:
     """Zeiler and Fergus's Fig. 2: per channel, the projections of its top units beside the
     image patches under their receptive fields.
@@ -191,13 +199,18 @@ def plot_deconv(
         path: the PNG file to write.
         title: e.g. "zfnet conv5, top 9 of 2,000 CIFAR-10 test images".
         layer_label: shown with each channel, e.g. "conv5 (features.12)".
+        patch_label: what the label under each patch is ("class", "file").
     """
     if not results:
         raise ValueError("no channels to draw")
     per = max(len(r.units) for r in results)
     grid = _grid(per)
+    width = 2 * grid[1] * 1.3 + 0.6
+    # Narrow figures (few images per channel) wrap the title: about 11 characters of 10 pt
+    # text to the inch.
+    title = "\n".join(textwrap.fill(line, int(width * 11)) for line in title.split("\n"))
     heights = [0.3 * (title.count("\n") + 1) + 0.3] + [grid[0] * 1.35 + 0.8] * len(results)
-    fig = _new_figure(2 * grid[1] * 1.3 + 0.6, sum(heights))
+    fig = _new_figure(width, sum(heights))
     rows = fig.subfigures(len(heights), 1, height_ratios=heights, squeeze=False)[:, 0]
     rows[0].text(0.5, 0.5, title, ha="center", va="center", fontsize=10)
     for block, res in zip(rows[1:], results, strict=True):
@@ -210,7 +223,7 @@ def plot_deconv(
         )
         left, right = block.subfigures(1, 2, wspace=0.04)
         left.suptitle("deconvnet projections (grey = 0), activation", fontsize=8, y=0.9)
-        right.suptitle("image patches (receptive field), class", fontsize=8, y=0.9)
+        right.suptitle(f"image patches (receptive field), {patch_label}", fontsize=8, y=0.9)
         for side, show_patch in ((left, False), (right, True)):
             axes = side.subplots(*grid, squeeze=False).flat
             for i, ax in enumerate(axes):
@@ -346,9 +359,10 @@ def _network_title(net_name: str, source: str) -> str:
     return f"{net_name} ({source})"
 
 
-def draw_filters(checkpoint: str | Path, out: str | Path) -> Path:
-    """`cnnlab visualize filters`: the first conv layer's kernels of a checkpoint or model name."""
-    net = load_network(checkpoint)
+def draw_filters(checkpoint: str | Path, out: str | Path, *, weights: str | None = None) -> Path:
+    """`cnnlab visualize filters`: the first conv layer's kernels of a checkpoint or model name
+    (with `weights`, torchvision's published weights for it)."""
+    net = load_network(checkpoint, weights)
     name, conv = first_conv(net.model)
     k = conv.kernel_size
     title = (
@@ -365,9 +379,12 @@ def draw_activations(
     *,
     channels: int = 8,
     layers: Sequence[str] | None = None,
+    weights: str | None = None,
 ) -> Path:
-    """`cnnlab visualize activations`: the maps of each stage for one image file."""
-    net = load_network(checkpoint)
+    """`cnnlab visualize activations`: the maps of each stage for one image file (with
+    `weights`, of torchvision's published weights for a model name, the image resized and
+    centre-cropped as their transforms do)."""
+    net = load_network(checkpoint, weights)
     pixels = net.prepare(load_image(image)[None])
     x = net.normalize(pixels)
     if layers:
@@ -397,15 +414,22 @@ def draw_deconv(
     split: str = "test",
     limit: int | None = 2000,
     top: int = 9,
+    weights: str | None = None,
+    images: Sequence[str | Path] | None = None,
 ) -> Path:
     """`cnnlab visualize deconv`: Zeiler and Fergus's Fig. 2 for some channels of a layer.
 
     Searches `limit` images of the split (spread evenly over it) for each channel's `top`
-    activations, then projects each back to pixel space with the deconvnet.
+    activations, then projects each back to pixel space with the deconvnet. With `images`
+    (image files or folders of them, any sizes), searches those instead of `data`: each is
+    prepared on its own as the network takes it (`Network.prepare`; with `weights`, resized
+    and centre-cropped as torchvision's transforms for them do) and labelled by its file name.
     """
     from cnnlab.data import DataError, load_dataset
 
-    net = load_network(checkpoint)
+    net = load_network(checkpoint, weights)
+    if images:
+        return _deconv_photos(net, images, out, layer=layer, channels=channels, top=top)
     try:
         dataset = load_dataset(data, split)
     except DataError as e:  # a user's error: one line from the command line
@@ -436,6 +460,33 @@ def draw_deconv(
     for note in net.notes:
         title += f"\n{note}"
     return plot_deconv(results, out, title, layer_label=label)
+
+
+def _deconv_photos(
+    net: Network,
+    images: Sequence[str | Path],
+    out: str | Path,
+    *,
+    layer: str,
+    channels: Sequence[int] | None,
+    top: int,
+) -> Path:
+    photos, names = load_images(images)
+    pixels = torch.stack([net.prepare(photo[None])[0] for photo in photos])
+    path = resolve_layer(net.model, layer, net.image_size[0])
+    results = deconv_top_images(
+        net, pixels, torch.arange(len(names)), names, path, channels, top=top, prepared=True
+    )
+    label = layer if layer == path else f"{layer} ({path})"
+    title = (
+        f"{_network_title(net.name, net.source)}\ndeconvnet (Zeiler & Fergus 2013, Fig. 2): "
+        f"top {min(top, len(names))} of {len(names)} given images per channel"
+    )
+    if channels is None:
+        title += "\nthe channels with the largest activations"
+    for note in net.notes:
+        title += f"\n{note}"
+    return plot_deconv(results, out, title, layer_label=label, patch_label="file")
 
 
 def draw_curves(run_dirs: Sequence[str | Path], out: str | Path, title: str = "") -> Path:

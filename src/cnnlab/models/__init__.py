@@ -1,6 +1,7 @@
 """The networks, one file per paper. Importing this package registers them all."""
 
 from cnnlab.models import alexnet, googlenet, preact_resnet, resnet, resnet_cifar, vgg, zfnet
+from cnnlab.models.pretrained import Pretrained, WeightsFileError
 from cnnlab.models.registry import (
     ModelCard,
     Reported,
@@ -13,8 +14,10 @@ from cnnlab.models.registry import (
 
 __all__ = [
     "ModelCard",
+    "Pretrained",
     "Reported",
     "UnknownModelError",
+    "WeightsFileError",
     "alexnet",
     "create_model",
     "googlenet",

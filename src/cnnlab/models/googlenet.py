@@ -40,9 +40,14 @@ layout="torchvision" is torchvision's GoogLeNet: batch norm (eps 1e-3) after eve
 conv bias (`BasicConv2d`), a 3x3 conv where the paper has the 5x5 branch's 5x5 (a known
 torchvision deviation, pytorch/vision#906), no LRN, a 2x2/2 fourth max-pool, adaptive 4 x 4
 auxiliary pools, dropout 0.2, truncated-normal init. Parameter names are torchvision's, so
-`torchvision.models.googlenet(aux_logits=True).state_dict()` loads strictly. We never apply
-torchvision's `transform_input`: ours is its `transform_input=False`; for torchvision's
-pretrained weights (which expect it), normalise inputs with mean 0.5 and std 0.5 per channel.
+`torchvision.models.googlenet(aux_logits=True).state_dict()` loads strictly.
+
+`transform_input=True` (torchvision layout only; default False, as torchvision's own default) is
+torchvision's option of that name: a first module that takes inputs normalised with ImageNet's
+mean and std to the mean 0.5, std 0.5 scaling that torchvision's published GoogLeNet weights
+were trained with. torchvision turns it on whenever it loads those weights, and so does
+`create_model("googlenet", weights=...)` (cnnlab.models.pretrained); with it, the same state
+dict gives torchvision's logits on the same (ImageNet-normalised) input.
 """
 
 from __future__ import annotations
@@ -67,6 +72,7 @@ __all__ = [
     "Inception",
     "InceptionAux",
     "InceptionWidths",
+    "TransformInput",
     "googlenet",
 ]
 
@@ -226,21 +232,45 @@ class InceptionAux(nn.Module):
         return self.fc2(x)
 
 
+class TransformInput(nn.Module):
+    """Input normalised with ImageNet's mean and std, re-normalised to mean 0.5 and std 0.5 per
+    channel: x * std / 0.5 + (mean - 0.5) / 0.5. torchvision's `GoogLeNet._transform_input`,
+    with its constants and its order of operations, so that the logits agree to the bit."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        x_ch0 = torch.unsqueeze(x[:, 0], 1) * (0.229 / 0.5) + (0.485 - 0.5) / 0.5
+        x_ch1 = torch.unsqueeze(x[:, 1], 1) * (0.224 / 0.5) + (0.456 - 0.5) / 0.5
+        x_ch2 = torch.unsqueeze(x[:, 2], 1) * (0.225 / 0.5) + (0.406 - 0.5) / 0.5
+        return torch.cat((x_ch0, x_ch1, x_ch2), 1)
+
+
 class GoogLeNet(nn.Module):
     """Stem, inception 3a..5b, global average pool, dropout, `fc`; auxiliary `aux1`, `aux2`.
 
     Args:
         num_classes: outputs of the main and the auxiliary classifiers.
         layout: "paper" or "torchvision" (see the module docstring).
+        transform_input: torchvision's option for its published weights (torchvision layout
+            only): ImageNet-normalised inputs re-normalised to mean 0.5, std 0.5 first.
     """
 
-    def __init__(self, num_classes: int = 1000, layout: str = "paper") -> None:
+    def __init__(
+        self, num_classes: int = 1000, layout: str = "paper", transform_input: bool = False
+    ) -> None:
         super().__init__()
         check_choice("layout", layout, LAYOUTS)
         paper = layout == "paper"
+        if transform_input and paper:
+            raise ValueError(
+                "transform_input=True is torchvision's option for its published weights; "
+                "use it with layout='torchvision'"
+            )
         conv: ConvBlock = ConvReLU if paper else BasicConv2d
         k5 = 5 if paper else 3
 
+        # No parameters, so torchvision's state dict loads with it or without it; absent
+        # (not an identity) by default, so that profiles show no extra layer.
+        self.transform_input = TransformInput() if transform_input else None
         # Stem, Fig. 3.
         self.conv1 = conv(3, 64, 7, stride=2, padding=3)
         self.maxpool1 = nn.MaxPool2d(3, stride=2, ceil_mode=True)
@@ -296,6 +326,8 @@ class GoogLeNet(nn.Module):
         return GoogLeNetOutputs(self._4e_to_logits(x), aux1, aux2)
 
     def _stem_to_4a(self, x: Tensor) -> Tensor:
+        if self.transform_input is not None:
+            x = self.transform_input(x)
         # N x 3 x 224 x 224
         x = self.maxpool1(self.conv1(x))
         # N x 64 x 56 x 56
@@ -361,6 +393,8 @@ def _init_torchvision(model: nn.Module) -> None:
         "multiply-adds are forward()'s, without them."
     ),
 )
-def googlenet(num_classes: int = 1000, layout: str = "paper") -> GoogLeNet:
+def googlenet(
+    num_classes: int = 1000, layout: str = "paper", transform_input: bool = False
+) -> GoogLeNet:
     """GoogLeNet as published (true 5x5 convs, LRN) or torchvision's batch-norm variant."""
-    return GoogLeNet(num_classes=num_classes, layout=layout)
+    return GoogLeNet(num_classes=num_classes, layout=layout, transform_input=transform_input)

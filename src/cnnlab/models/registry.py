@@ -145,21 +145,35 @@ def model_card(name: str) -> ModelCard:
 
 
 def create_model(name: str, **options: object) -> nn.Module:
-    """Build a registered network with random weights.
+    """Build a registered network with random weights, or with torchvision's published ones.
 
     Args:
         name: a registered name (see `list_models`).
         **options: the builder's options, e.g. `num_classes=10`, `shortcut="A"`,
-            `layout="torchvision"`.
+            `layout="torchvision"`; and `weights="IMAGENET1K_V1"` (any name torchvision
+            publishes for the network, or "DEFAULT"): torchvision's trained weights in the
+            torchvision layout, downloaded on first use, the network in eval mode with
+            `net.pretrained` (classes, input statistics, resize and crop) set; see
+            `cnnlab.models.pretrained`. `weights=None` is the same as leaving it out.
 
     Raises:
         UnknownModelError: the name is not registered.
         ValueError: an option the builder does not take, or a value it does not accept;
-            the message names the valid ones.
+            the message names the valid ones. With `weights`: a network without published
+            weights, a weights name torchvision does not publish for it, a layout or
+            num_classes the weights do not fit.
+        WeightsFileError: (an OSError) the weights file is missing and cannot be downloaded,
+            or cannot be read; the message names the file and the folder it belongs in.
     """
     _ensure_loaded()
     if name not in _BUILDERS:
         raise _unknown(name)
+    weights = options.pop("weights", None)
+    if weights is not None:
+        from cnnlab.models.pretrained import load
+
+        net, _ = load(name, str(weights), **options)
+        return net
     builder = _BUILDERS[name]
     accepted = inspect.signature(builder).parameters
     takes_any = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in accepted.values())

@@ -10,16 +10,22 @@ from __future__ import annotations
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 from torch import Tensor, nn
 
 from cnnlab.data import ArrayDataset, Normalize
 from cnnlab.data.stream import StreamDataset
+from cnnlab.models.pretrained import Pretrained
+from cnnlab.models.pretrained import load as load_pretrained
 from cnnlab.models.registry import create_model
 from cnnlab.train.checkpoint import CheckpointError, load_checkpoint
 from cnnlab.train.distributed import DistEnv, all_reduce_sum, resolve_device
 from cnnlab.train.hardware import autocast, choose_arithmetic
+
+if TYPE_CHECKING:
+    from PIL.Image import Image as PILImage
 
 __all__ = [
     "TTA_CHOICES",
@@ -211,35 +217,57 @@ def predict(
     *,
     top: int = 5,
     device: str | None = None,
+    weights: str | None = None,
 ) -> list[Prediction]:
-    """The `top` most probable classes of each image file, by a checkpoint's network.
+    """The `top` most probable classes of each image file, by a checkpoint's network or by
+    torchvision's published weights.
 
-    Each image is converted to the training images' channels and resized as a whole (no crop,
-    aspect ratio not kept) to the training images' size with bilinear interpolation by PIL.
+    A checkpoint's network: each image is converted to the training images' channels and
+    resized as a whole (no crop, aspect ratio not kept) to the training images' size with
+    bilinear interpolation by PIL, then normalised with the training statistics.
+
+    With `weights` ("IMAGENET1K_V1", "DEFAULT"; see cnnlab.models.pretrained), `checkpoint`
+    is a model name instead, and the classes are the weights' (ImageNet's 1000): each image
+    is resized (shorter side) and centre-cropped as torchvision's transforms for those weights
+    do, then normalised with their mean and std.
 
     Raises:
-        ValueError: an image file is missing or unreadable (the message names it).
+        ValueError: an image file is missing or unreadable (the message names it); with
+            `weights`, a checkpoint instead of a model name, or weights without classes.
+        WeightsFileError: the weights cannot be found, downloaded or read.
     """
     from PIL import Image, UnidentifiedImageError
 
     if top < 1:
         raise ValueError(f"--top must be at least 1, got {top}")
     dev = resolve_device(device)
-    net, state = load_model(checkpoint, dev)
-    channels, height, width = (int(v) for v in state["image_shape"])
-    normalize = input_normalize(state["mean"], state["std"], dev)
-    classes = list(state["classes"])
+    if weights is None:
+        net, state = load_model(checkpoint, dev)
+        channels, height, width = (int(v) for v in state["image_shape"])
+        normalize = input_normalize(state["mean"], state["std"], dev)
+        classes = list(state["classes"])
+
+        def prepare(img: PILImage) -> Tensor:
+            img = img.convert("RGB" if channels == 3 else "L")
+            return _pixels(img.resize((width, height), Image.Resampling.BILINEAR))
+
+    else:
+        net, meta = _pretrained(str(checkpoint), weights)
+        net = net.to(dev)
+        normalize = input_normalize(meta.mean, meta.std, dev)
+        classes = list(meta.classes)
+
+        def prepare(img: PILImage) -> Tensor:
+            return meta.prepare(_pixels(img.convert("RGB")))
+
     results = []
     for path in images:
         try:
             with Image.open(path) as img:
-                img = img.convert("RGB" if channels == 3 else "L")
-                img = img.resize((width, height), Image.Resampling.BILINEAR)
-                pixels = torch.frombuffer(bytearray(img.tobytes()), dtype=torch.uint8)
+                x = prepare(img)
         except (OSError, UnidentifiedImageError, ValueError) as e:
             raise ValueError(f"cannot read image {path}: {_first_line(e)}") from None
-        x = pixels.view(height, width, channels).permute(2, 0, 1)[None]
-        probs = net(normalize(x.to(dev))).float().softmax(dim=1)[0]
+        probs = net(normalize(x[None].to(dev))).float().softmax(dim=1)[0]
         p, i = probs.topk(min(top, len(classes)))
         results.append(
             Prediction(str(path), tuple(classes[j] for j in i.tolist()), tuple(p.tolist()))
@@ -254,6 +282,26 @@ def check_classes(trained: Sequence[str], data: Sequence[str]) -> None:
             f"the checkpoint was trained on {len(trained)} classes ({_preview(trained)}) but "
             f"the data has {len(data)} ({_preview(data)})"
         )
+
+
+def _pixels(img: PILImage) -> Tensor:
+    """A PIL image as uint8 C x H x W."""
+    channels = len(img.getbands())
+    width, height = img.size
+    pixels = torch.frombuffer(bytearray(img.tobytes()), dtype=torch.uint8)
+    return pixels.view(height, width, channels).permute(2, 0, 1)
+
+
+def _pretrained(name: str, weights: str) -> tuple[nn.Module, Pretrained]:
+    """torchvision's published weights for a model name, refusing weights without classes
+    (vgg16's IMAGENET1K_FEATURES) in one line."""
+    net, meta = load_pretrained(name, weights)
+    if meta.classes is None:
+        raise ValueError(
+            f"{meta.torchvision_name} has no trained classifier (torchvision publishes it for "
+            "feature extraction), so it names no classes; choose other weights"
+        )
+    return net, meta
 
 
 def _preview(classes: Sequence[str]) -> str:
