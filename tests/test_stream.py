@@ -278,3 +278,22 @@ def test_eval_cli_prints_the_method(folder: Path, streamed_run: Path, capsys) ->
     assert "top-1 error" in out and "test-time method 10crop" in out
     assert main([*args, "--test-time", "dense", "--scales", "32,x"]) == 2
     assert "scale" in capsys.readouterr().err
+
+
+def test_predict_gives_a_streamed_network_its_evaluation_crop(
+    streamed_run: Path, tmp_path: Path
+) -> None:
+    from cnnlab.train import predict
+    from cnnlab.train.evaluate import input_normalize, load_model
+
+    photo = tmp_path / "photo.png"
+    g = torch.Generator().manual_seed(0)
+    pixels = torch.randint(0, 256, (70, 50, 3), dtype=torch.uint8, generator=g)
+    Image.fromarray(pixels.numpy()).save(photo)
+    (p,) = predict(streamed_run, [photo], top=3, device="cpu")
+    net, state = load_model(streamed_run, "cpu")
+    normalize = input_normalize(state["mean"], state["std"], torch.device("cpu"))
+    x = normalize(CenterCrop(36, 32)(pixels.permute(2, 0, 1))[None])  # the run's resize, crop
+    probs = net(x).softmax(1)[0].detach()
+    assert p.probabilities[0] == pytest.approx(float(probs.max()), rel=1e-5)
+    assert p.classes[0] == CLASSES[int(probs.argmax())]

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import email.message
 import io
+import json
 import urllib.error
 from collections.abc import Callable
 from pathlib import Path
@@ -376,3 +377,44 @@ def test_cli_deconv_images_errors(
     with pytest.raises(SystemExit):  # argparse: --data and --images exclude each other
         main([*base, "--images", "a.jpg", "--data", "cifar10"])
     assert "not allowed with argument" in capsys.readouterr().err
+
+
+def test_eval_with_weights_on_a_folder_named_by_classes(
+    with_resnet18: Path, tmp_path: Path
+) -> None:
+    from cnnlab.train.evaluate import input_normalize
+    from cnnlab.train.runs import class_index, evaluate_from_spec
+
+    root = tmp_path / "data"
+    for name in ("goldfish", "tench"):  # two of ImageNet's classes, by torchvision's names
+        _photos(root / "val" / name, ((300, 260), (240, 320)))
+    r = evaluate_from_spec("resnet18", root, split="val", weights="IMAGENET1K_V1",
+                           device="cpu", precision="fp32", workers=0)  # fmt: skip
+    # the oracle: torchvision's own model on the weights' own transforms, image by image
+    tv = _torchvision_resnet18(with_resnet18)
+    meta = pretrained.info("resnet18", "IMAGENET1K_V1")
+    normalize = input_normalize(meta.mean, meta.std, torch.device("cpu"))
+    wrong = 0
+    for label, name in ((1, "goldfish"), (0, "tench")):
+        for path in sorted((root / "val" / name).iterdir()):
+            x = normalize(meta.prepare(pil_to_tensor(Image.open(path).convert("RGB")))[None])
+            wrong += int(tv(x).argmax()) != label
+    assert r.images == 4 and r.top1_error == pytest.approx(100 * wrong / 4)
+    assert "center" in r.method
+    assert class_index(["b", "a"], ["a", "b", "c"]) == [1, 0]
+    assert class_index(["n1", "n2", "n3"], ["a", "b", "c"]) == [0, 1, 2]
+    with pytest.raises(ValueError, match="'cats' is not one of the weights' 3 classes"):
+        class_index(["cats"], ["a", "b", "c"])
+
+
+def test_export_with_weights_carries_their_classes_and_normalisation(
+    with_resnet18: Path, tmp_path: Path
+) -> None:
+    from cnnlab.export import export
+
+    out = tmp_path / "r18.pt"
+    result = export("resnet18", out, format="torchscript", weights="IMAGENET1K_V1")
+    sidecar = json.loads(Path(f"{out}.json").read_text())
+    assert out.exists() and result.max_abs_diff <= result.tolerance
+    assert len(sidecar["classes"]) == 1000 and sidecar["classes"][0] == "tench"
+    assert "0.485" in json.dumps(sidecar)  # ImageNet's mean, from the weights

@@ -71,7 +71,7 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     r = evaluate_from_spec(
         args.checkpoint, args.data, split=args.split, device=args.device,
         batch_size=args.batch_size, precision=args.precision, tta=args.tta,
-        test_time=args.test_time, scales=args.scales, workers=args.workers,
+        test_time=args.test_time, scales=args.scales, workers=args.workers, weights=args.weights,
     )  # fmt: skip
     how = ", test-time augmentation: flip (mirror averaged)" if args.tta == "flip" else ""
     if getattr(r, "method", None):
@@ -139,7 +139,7 @@ def _cmd_export(args: argparse.Namespace) -> int:
         result = export(
             args.source, args.out, format=args.format, fold_bn=args.fold_bn,
             input_size=args.input_size, model_options=parse_options(args.option),
-            opset=args.opset,
+            opset=args.opset, weights=args.weights,
         )  # fmt: skip
     except ExportPackageError as e:
         raise CliError(str(e)) from None
@@ -212,7 +212,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_cmd_train)
 
     p = sub.add_parser("eval", help="top-1 and top-5 error of a checkpoint")
-    p.add_argument("checkpoint", help="a checkpoint file or a run folder (its checkpoint.pt)")
+    p.add_argument("checkpoint", help="a checkpoint file or a run folder (its checkpoint.pt), "
+                   "or a model name with --weights")  # fmt: skip
     p.add_argument("--data", default="cifar10", help="cifar10, cifar100 or a path")
     p.add_argument("--split", default="test", help="default: test")
     p.add_argument("--batch-size", type=int, default=500)
@@ -224,6 +225,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="the papers' methods: one centre crop; 10 crops (4 corners, centre, "
                    "mirrored; AlexNet, ResNet); dense, fully convolutional at --scales (VGG, "
                    "ResNet); class posteriors averaged")  # fmt: skip
+    p.add_argument("--weights", metavar="NAME",
+                   help="torchvision's weights for a model name given instead of a checkpoint, "
+                   "e.g. resnet50 --weights IMAGENET1K_V2")  # fmt: skip
     p.add_argument("--scales", metavar="S,S,...",
                    help="for --test-time dense (default: 224,256,384,480,640)")  # fmt: skip
     p.add_argument("--workers", type=int,
@@ -338,6 +342,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-O", "--option", action="append", default=[], metavar="KEY=VALUE",
                    help="model option for a model name, e.g. -O layout=torchvision")  # fmt: skip
     p.add_argument("--opset", type=int, help="ONNX opset (default: the exporter's)")
+    p.add_argument("--weights", metavar="NAME",
+                   help="torchvision's weights for a model name, e.g. IMAGENET1K_V1")  # fmt: skip
     p.set_defaults(func=_cmd_export)
 
     return parser

@@ -56,6 +56,7 @@ import torch
 from torch import Tensor, fx, nn
 from torch.nn.utils.fusion import fuse_conv_bn_weights
 
+from cnnlab.models import pretrained
 from cnnlab.models.registry import UnknownModelError, create_model, model_card
 from cnnlab.train.checkpoint import atomic_write
 from cnnlab.train.evaluate import load_model
@@ -138,14 +139,21 @@ class ExportResult:
         )
 
 
-def resolve_network(source: str | Path, model_options: dict[str, object] | None = None) -> Network:
+def resolve_network(
+    source: str | Path,
+    model_options: dict[str, object] | None = None,
+    weights: str | None = None,
+) -> Network:
     """The network named by `source`: a checkpoint, a run folder or a registered model name.
 
     Args:
         source: a checkpoint file or a run folder (its checkpoint.pt) written by `cnnlab
-            train`; otherwise a registered model name, built with random weights (seed 0).
+            train`; otherwise a registered model name, built with random weights (seed 0), or
+            with torchvision's published `weights`.
         model_options: builder options for a model name, e.g. {"layout": "torchvision"}; a
             checkpoint's options are those it was trained with.
+        weights: a weights name torchvision publishes for the model ("IMAGENET1K_V1",
+            "DEFAULT"); the network then takes their input size and normalisation.
 
     Raises:
         CheckpointError: the checkpoint cannot be used (see `load_checkpoint`).
@@ -154,6 +162,10 @@ def resolve_network(source: str | Path, model_options: dict[str, object] | None 
     """
     spec = str(source)
     options = dict(model_options or {})
+    if weights is not None and Path(spec).exists():
+        raise ValueError(
+            f"--weights loads torchvision's weights into a model name; {spec} is a checkpoint"
+        )
     if Path(spec).exists():
         if options:
             raise ValueError(
@@ -178,6 +190,19 @@ def resolve_network(source: str | Path, model_options: dict[str, object] | None 
         model_card(spec)
     except UnknownModelError as e:
         raise ValueError(f"no checkpoint or run folder at {spec!r}, and {e}") from None
+    if weights is not None:
+        net, meta = pretrained.load(spec, weights, **options)
+        crop = meta.crop_size
+        return Network(
+            model=net.eval(),
+            name=spec,
+            options={**options, "layout": "torchvision", "weights": meta.weights},
+            source=meta.describe(),
+            image_shape=(3, crop, crop),
+            classes=meta.classes,
+            mean=list(meta.mean),
+            std=list(meta.std),
+        )
     with torch.random.fork_rng():
         torch.manual_seed(SEED)
         net = create_model(spec, **options)
@@ -202,6 +227,7 @@ def export(
     input_size: int | None = None,
     model_options: dict[str, object] | None = None,
     opset: int | None = None,
+    weights: str | None = None,
 ) -> ExportResult:
     """Export a network to `out` and check the written file against PyTorch's logits.
 
@@ -214,6 +240,7 @@ def export(
         input_size: side of the square input; default: the checkpoint's training images, else
             the size on the model's card.
         model_options: builder options for a model name, e.g. {"layout": "torchvision"}.
+        weights: torchvision's published weights for a model name ("IMAGENET1K_V1").
         opset: ONNX opset version (default: the exporter's, recorded in the sidecar).
 
     Raises:
@@ -232,7 +259,7 @@ def export(
     out = Path(out)
     if out.is_dir():
         raise ValueError(f"{out} is a folder; give the file to write, e.g. {out / 'model.onnx'}")
-    network = resolve_network(source, model_options)
+    network = resolve_network(source, model_options, weights)
     shape = _input_shape(network, input_size)
 
     # Inputs are standard normal, the scale of normalised images; the check's batch differs in

@@ -16,6 +16,7 @@ import torch
 from torch import Tensor, nn
 
 from cnnlab.data import ArrayDataset, Normalize
+from cnnlab.data.augment import CenterCrop
 from cnnlab.data.stream import StreamDataset
 from cnnlab.models.pretrained import Pretrained
 from cnnlab.models.pretrained import load as load_pretrained
@@ -224,7 +225,9 @@ def predict(
 
     A checkpoint's network: each image is converted to the training images' channels and
     resized as a whole (no crop, aspect ratio not kept) to the training images' size with
-    bilinear interpolation by PIL, then normalised with the training statistics.
+    bilinear interpolation by PIL, then normalised with the training statistics. A network
+    trained on a streamed image folder gets the crop it was evaluated on: shorter side
+    resized, then the centre crop (the checkpoint's `preprocess`).
 
     With `weights` ("IMAGENET1K_V1", "DEFAULT"; see cnnlab.models.pretrained), `checkpoint`
     is a model name instead, and the classes are the weights' (ImageNet's 1000): each image
@@ -247,12 +250,16 @@ def predict(
         normalize = input_normalize(state["mean"], state["std"], dev)
         classes = list(state["classes"])
 
+        crop = CenterCrop(**state["preprocess"]) if "preprocess" in state else None
+
         def prepare(img: PILImage) -> Tensor:
             img = img.convert("RGB" if channels == 3 else "L")
+            if crop is not None:  # trained on a streamed folder: its evaluation crop
+                return crop(_pixels(img))
             return _pixels(img.resize((width, height), Image.Resampling.BILINEAR))
 
     else:
-        net, meta = _pretrained(str(checkpoint), weights)
+        net, meta = pretrained_classifier(str(checkpoint), weights)
         net = net.to(dev)
         normalize = input_normalize(meta.mean, meta.std, dev)
         classes = list(meta.classes)
@@ -292,7 +299,7 @@ def _pixels(img: PILImage) -> Tensor:
     return pixels.view(height, width, channels).permute(2, 0, 1)
 
 
-def _pretrained(name: str, weights: str) -> tuple[nn.Module, Pretrained]:
+def pretrained_classifier(name: str, weights: str) -> tuple[nn.Module, Pretrained]:
     """torchvision's published weights for a model name, refusing weights without classes
     (vgg16's IMAGENET1K_FEATURES) in one line."""
     net, meta = load_pretrained(name, weights)

@@ -18,6 +18,7 @@ from cnnlab.data import ArrayDataset, DataError, Normalize, load_dataset
 from cnnlab.data.augment import CenterCrop
 from cnnlab.data.stream import DATA_MODES, ImageStream, StreamDataset, choose_mode, whole_images
 from cnnlab.data.views import TestTime
+from cnnlab.models import pretrained
 from cnnlab.models.registry import check_choice, model_card
 from cnnlab.train.checkpoint import load_checkpoint
 from cnnlab.train.distributed import resolve_device
@@ -28,6 +29,7 @@ from cnnlab.train.evaluate import (
     evaluate_checkpoint,
     input_normalize,
     load_model,
+    pretrained_classifier,
 )
 from cnnlab.train.hardware import check_device, choose_arithmetic
 from cnnlab.train.loop import TrainResult, check_run_folder, default_workers, train
@@ -161,6 +163,7 @@ def evaluate_from_spec(
     test_time: str | None = None,
     scales: str | None = None,
     workers: int | None = None,
+    weights: str | None = None,
     cache_dir: str | os.PathLike | None = None,
     progress: bool = True,
 ) -> EvalResult | ViewsResult:
@@ -172,10 +175,22 @@ def evaluate_from_spec(
     network trained on a streamed folder is evaluated on the folder streamed too, its centre
     crop by default (the checkpoint records the resize and crop); in-memory data (CIFAR) by
     default as it was trained, whole images.
+
+    With `weights` (torchvision's published weights, e.g. "IMAGENET1K_V1"), `checkpoint` is a
+    model name and the network is the published one, evaluated as its weights' transforms
+    prepare images (resize, centre crop; `test_time` for the others). The folder's classes
+    are matched to the weights' by name, or, for a folder of exactly as many classes (ImageNet's
+    1000 WordNet-ID folders, n01440764 ...), by their sorted order, ImageNet's own order.
     """
-    state = load_checkpoint(checkpoint)  # a bad checkpoint fails before the dataset is decoded
     if test_time is not None and tta != "none":
         raise ValueError("--tta flip and --test-time are two methods; give one (10crop flips)")
+    if weights is not None:
+        return _evaluate_published(
+            str(checkpoint), weights, data, split=split, device=device, batch_size=batch_size,
+            precision=precision, test_time=test_time or "center", scales=scales,
+            workers=workers, cache_dir=cache_dir, progress=progress,
+        )  # fmt: skip
+    state = load_checkpoint(checkpoint)  # a bad checkpoint fails before the dataset is decoded
     prep = state.get("preprocess")
     if test_time is not None:
         method = TestTime.parse(  # bad --test-time or --scales fail before the data is read
@@ -222,6 +237,71 @@ def evaluate_from_spec(
         else zip(images.images, images.labels.tolist(), strict=True)
     )
     return evaluate_views(net, items, method, normalize, batch_size=batch_size, **how)  # type: ignore[arg-type]
+
+
+def _evaluate_published(
+    model: str,
+    weights: str,
+    data: str | os.PathLike,
+    *,
+    split: str,
+    device: str | None,
+    batch_size: int,
+    precision: str,
+    test_time: str,
+    scales: str | None,
+    workers: int | None,
+    cache_dir: str | os.PathLike | None,
+    progress: bool,
+) -> ViewsResult:
+    """`evaluate_from_spec` for torchvision's published weights (see there)."""
+    meta = pretrained.info(model, weights)  # a bad name fails before any file is read
+    method = TestTime.parse(test_time, resize=meta.resize_size, crop=meta.crop_size, scales=scales)
+    mode = choose_mode(data, split)
+    images: ArrayDataset | ImageStream = (
+        ImageStream.open(data, split)
+        if mode == "stream"
+        else load_dataset(data, split, cache_dir=cache_dir, progress=progress)
+    )
+    dev = resolve_device(device)
+    net, meta = pretrained_classifier(model, weights)
+    assert meta.classes is not None
+    index = class_index(images.classes, meta.classes)
+    arithmetic = choose_arithmetic(dev, precision)
+    net = net.to(dev, memory_format=arithmetic.memory_format)
+    normalize = input_normalize(meta.mean, meta.std, dev)
+    items = (
+        whole_images(images, default_workers() if workers is None else workers)
+        if isinstance(images, ImageStream)
+        else zip(images.images, images.labels.tolist(), strict=True)
+    )
+    mapped = ((img, index[label]) for img, label in items)
+    return evaluate_views(net, mapped, method, normalize, device=dev, batch_size=batch_size,
+                          precision=arithmetic.precision,
+                          memory_format=arithmetic.memory_format)  # fmt: skip
+
+
+def class_index(folders: Sequence[str], classes: Sequence[str]) -> list[int]:
+    """For each class folder, the index of its class among a network's `classes`.
+
+    By name where every folder is one of the classes ("tench", "goldfish"); else by sorted
+    order where there are as many folders as classes (ImageNet's WordNet-ID folders sort into
+    the order of its 1000 classes).
+
+    Raises:
+        ValueError: neither fits; the message names a folder that matches no class.
+    """
+    position = {name: i for i, name in enumerate(classes)}
+    if all(f in position for f in folders):
+        return [position[f] for f in folders]
+    if len(folders) == len(classes):
+        return list(range(len(classes)))  # folders come sorted (imagefolder.list_folder)
+    unknown = next(f for f in folders if f not in position)
+    raise ValueError(
+        f"class folder {unknown!r} is not one of the weights' {len(classes)} classes "
+        f"({', '.join(list(classes)[:3])}, ...): name the folders by those classes, or give "
+        f"all {len(classes)} class folders (ImageNet's WordNet IDs sort into its class order)"
+    )
 
 
 def parse_options(
