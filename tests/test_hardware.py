@@ -241,7 +241,7 @@ def test_recipe_options_from_the_command_line(tmp_path: Path, monkeypatch, capsy
     assert config["recipe"]["label_smoothing"] == 0
     assert config["recipe_options"] == {"flip": "alternate", "cutout": 8, "label_smoothing": 0}
     for bad, expected in (
-        ("ema=0.99", "'ema' is not a recipe field; the fields: batch_size"),
+        ("mixup=0.2", "'mixup' is not a recipe field; the fields: batch_size"),
         ("flip=sometimes", "flip"),
         ("cutout", "recipe option 'cutout' is not KEY=VALUE"),
     ):
