@@ -450,16 +450,10 @@ def draw_deconv(
         channels,
         top=top,
     )
-    label = layer if layer == path else f"{layer} ({path})"
-    title = (
-        f"{_network_title(net.name, net.source)}\ndeconvnet (Zeiler & Fergus 2013, Fig. 2): "
-        f"top {top} of {len(index):,} {Path(str(data)).name} {split} images per channel"
+    what = f"top {top} of {len(index):,} {Path(str(data)).name} {split} images per channel"
+    return plot_deconv(
+        results, out, _deconv_title(net, what, channels), layer_label=_layer_label(layer, path)
     )
-    if channels is None:
-        title += "\nthe channels with the largest activations"
-    for note in net.notes:
-        title += f"\n{note}"
-    return plot_deconv(results, out, title, layer_label=label)
 
 
 def _deconv_photos(
@@ -477,16 +471,26 @@ def _deconv_photos(
     results = deconv_top_images(
         net, pixels, torch.arange(len(names)), names, path, channels, top=top, prepared=True
     )
-    label = layer if layer == path else f"{layer} ({path})"
+    what = f"top {min(top, len(names))} of {len(names)} given images per channel"
+    title = _deconv_title(net, what, channels)
+    return plot_deconv(
+        results, out, title, layer_label=_layer_label(layer, path), patch_label="file"
+    )
+
+
+def _layer_label(layer: str, path: str) -> str:
+    return layer if layer == path else f"{layer} ({path})"
+
+
+def _deconv_title(net: Network, what: str, channels: Sequence[int] | None) -> str:
     title = (
-        f"{_network_title(net.name, net.source)}\ndeconvnet (Zeiler & Fergus 2013, Fig. 2): "
-        f"top {min(top, len(names))} of {len(names)} given images per channel"
+        f"{_network_title(net.name, net.source)}\ndeconvnet (Zeiler & Fergus 2013, Fig. 2): {what}"
     )
     if channels is None:
         title += "\nthe channels with the largest activations"
     for note in net.notes:
         title += f"\n{note}"
-    return plot_deconv(results, out, title, layer_label=label, patch_label="file")
+    return title
 
 
 def draw_curves(run_dirs: Sequence[str | Path], out: str | Path, title: str = "") -> Path:
