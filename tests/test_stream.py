@@ -297,3 +297,16 @@ def test_predict_gives_a_streamed_network_its_evaluation_crop(
     probs = net(x).softmax(1)[0].detach()
     assert p.probabilities[0] == pytest.approx(float(probs.max()), rel=1e-5)
     assert p.classes[0] == CLASSES[int(probs.argmax())]
+
+
+def test_eval_at_another_crop_size(folder: Path, streamed_run: Path) -> None:
+    # the pre-activation paper's larger single crop (He et al. 2016, Table 5), scaled down
+    from cnnlab.train import evaluate_from_spec
+
+    how = {"split": "val", "device": "cpu", "precision": "fp32", "workers": 0}
+    r = evaluate_from_spec(streamed_run, folder, crop=40, **how)
+    assert r.images == 6 and "one 40x40 centre crop at shorter side 45" in r.method
+    with pytest.raises(ValueError, match="crop 50 is larger than resize 40"):
+        evaluate_from_spec(streamed_run, folder, crop=50, resize=40, **how)
+    with pytest.raises(ValueError, match="not --resize or --crop"):
+        evaluate_from_spec(streamed_run, folder, test_time="dense", crop=40, **how)

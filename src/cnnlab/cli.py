@@ -71,7 +71,8 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     r = evaluate_from_spec(
         args.checkpoint, args.data, split=args.split, device=args.device,
         batch_size=args.batch_size, precision=args.precision, tta=args.tta,
-        test_time=args.test_time, scales=args.scales, workers=args.workers, weights=args.weights,
+        test_time=args.test_time, scales=args.scales, resize=args.resize, crop=args.crop,
+        workers=args.workers, weights=args.weights,
     )  # fmt: skip
     how = ", test-time augmentation: flip (mirror averaged)" if args.tta == "flip" else ""
     if getattr(r, "method", None):
@@ -228,6 +229,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--weights", metavar="NAME",
                    help="torchvision's weights for a model name given instead of a checkpoint, "
                    "e.g. resnet50 --weights IMAGENET1K_V2")  # fmt: skip
+    p.add_argument("--resize", type=int, metavar="N",
+                   help="center/10crop: shorter side (default: the network's, 256)")  # fmt: skip
+    p.add_argument("--crop", type=int, metavar="N",
+                   help="center/10crop: crop side (default: input size; 320: He 2016)")  # fmt: skip
     p.add_argument("--scales", metavar="S,S,...",
                    help="for --test-time dense (default: 224,256,384,480,640)")  # fmt: skip
     p.add_argument("--workers", type=int,

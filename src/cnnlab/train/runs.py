@@ -162,6 +162,8 @@ def evaluate_from_spec(
     tta: str = "none",
     test_time: str | None = None,
     scales: str | None = None,
+    resize: int | None = None,
+    crop: int | None = None,
     workers: int | None = None,
     weights: str | None = None,
     cache_dir: str | os.PathLike | None = None,
@@ -174,7 +176,9 @@ def evaluate_from_spec(
     test-time methods (cnnlab.train.testtime), class posteriors averaged over the views. A
     network trained on a streamed folder is evaluated on the folder streamed too, its centre
     crop by default (the checkpoint records the resize and crop); in-memory data (CIFAR) by
-    default as it was trained, whole images.
+    default as it was trained, whole images. `resize` and `crop` change the shorter side and
+    the crop of center and 10crop (e.g. the pre-activation paper's 320 x 320 crop, He et al.
+    2016, Table 5, for a network with global average pooling); given alone, they mean center.
 
     With `weights` (torchvision's published weights, e.g. "IMAGENET1K_V1"), `checkpoint` is a
     model name and the network is the published one, evaluated as its weights' transforms
@@ -182,21 +186,27 @@ def evaluate_from_spec(
     are matched to the weights' by name, or, for a folder of exactly as many classes (ImageNet's
     1000 WordNet-ID folders, n01440764 ...), by their sorted order, ImageNet's own order.
     """
+    if (resize is not None or crop is not None) and test_time is None:
+        test_time = "center"
     if test_time is not None and tta != "none":
         raise ValueError("--tta flip and --test-time are two methods; give one (10crop flips)")
+    if test_time == "dense" and (resize is not None or crop is not None):
+        raise ValueError("dense evaluation takes --scales, not --resize or --crop")
     if weights is not None:
         return _evaluate_published(
             str(checkpoint), weights, data, split=split, device=device, batch_size=batch_size,
             precision=precision, test_time=test_time or "center", scales=scales,
-            workers=workers, cache_dir=cache_dir, progress=progress,
+            resize=resize, crop=crop, workers=workers, cache_dir=cache_dir, progress=progress,
         )  # fmt: skip
     state = load_checkpoint(checkpoint)  # a bad checkpoint fails before the dataset is decoded
     prep = state.get("preprocess")
     if test_time is not None:
+        side = int(state["image_shape"][-1])
+        crop = crop or side
         method = TestTime.parse(  # bad --test-time or --scales fail before the data is read
             test_time,
-            resize=prep["resize"] if prep else int(state["image_shape"][-1]),
-            crop=int(state["image_shape"][-1]),
+            resize=resize or (prep["resize"] * crop // side if prep else crop),
+            crop=crop,
             scales=scales,
         )
     elif scales is not None:
@@ -226,9 +236,9 @@ def evaluate_from_spec(
         crop = StreamDataset(images, CenterCrop(prep["resize"], prep["crop"]))
         return evaluate(net, crop, normalize, batch_size=batch_size, tta=tta, workers=workers,
                         **how)  # type: ignore[arg-type]  # fmt: skip
-    if normalize.mean.shape[2:] != (1, 1) and method.name == "dense":
-        # A per-pixel mean fits crops of its own size only: whole images of other sizes get
-        # its average per channel.
+    if normalize.mean.shape[2:] != (1, 1) and method.crop != normalize.mean.shape[-1]:
+        # A per-pixel mean fits crops of its own size only: whole images (dense) and crops of
+        # other sizes get its average per channel.
         normalize = Normalize(normalize.mean.mean((2, 3)).flatten(), normalize.std.flatten())
         normalize = normalize.to(dev)
     items = (
@@ -250,13 +260,17 @@ def _evaluate_published(
     precision: str,
     test_time: str,
     scales: str | None,
+    resize: int | None,
+    crop: int | None,
     workers: int | None,
     cache_dir: str | os.PathLike | None,
     progress: bool,
 ) -> ViewsResult:
     """`evaluate_from_spec` for torchvision's published weights (see there)."""
     meta = pretrained.info(model, weights)  # a bad name fails before any file is read
-    method = TestTime.parse(test_time, resize=meta.resize_size, crop=meta.crop_size, scales=scales)
+    crop = crop or meta.crop_size
+    resize = resize or meta.resize_size * crop // meta.crop_size
+    method = TestTime.parse(test_time, resize=resize, crop=crop, scales=scales)
     mode = choose_mode(data, split)
     images: ArrayDataset | ImageStream = (
         ImageStream.open(data, split)
