@@ -34,9 +34,8 @@ from dataclasses import dataclass
 
 import torch
 from torch import Tensor
-from torch.nn import functional as F
 
-from cnnlab.data.views import center_crop, resize_shorter
+from cnnlab.data.views import _bilinear, center_crop, resize_shorter
 
 __all__ = ["CROP_MODES", "CenterCrop", "TrainCrop", "pca_colour"]
 
@@ -63,12 +62,6 @@ def pca_colour(images: Tensor) -> tuple[Tensor, Tensor]:
     cov = torch.cov(x)
     eigval, eigvec = torch.linalg.eigh(cov)
     return eigval.clamp_min(0).float(), eigvec.float()
-
-
-def _resize(img: Tensor, size: int) -> Tensor:
-    """uint8 C x H x W to C x size x size, antialiased bilinear (the area crop's last step)."""
-    x = F.interpolate(img[None].float(), (size, size), mode="bilinear", antialias=True)
-    return x[0].round_().clamp_(0, 255).to(torch.uint8)
 
 
 @dataclass(frozen=True)
@@ -134,9 +127,9 @@ class TrainCrop:
             if 0 < cw <= w and 0 < ch <= h:
                 top, left = _randint(0, h - ch, g), _randint(0, w - cw, g)
                 patch = img[:, top : top + ch, left : left + cw]
-                return _resize(patch, self.size)
+                return _bilinear(patch, (self.size, self.size))
         side = min(h, w)  # no patch fitted: the central square, as a whole
-        return _resize(center_crop(img, side), self.size)
+        return _bilinear(center_crop(img, side), (self.size, self.size))
 
     def _lighting(self, img: Tensor, g: torch.Generator) -> Tensor:
         alpha = torch.randn(3, generator=g) * self.lighting

@@ -12,9 +12,9 @@ posteriors are then averaged over the views (cnnlab.train.testtime). An image sm
 crop is not an error: the shorter side is resized first, up or down.
 
 Resizing keeps the aspect ratio (the shorter side becomes `size`, the longer one
-floor(size * long / short)), bilinear with antialiasing, in float32 rounded back to uint8 on
-every device: torchvision's `Resize(size, antialias=True)` to within one grey level (its CPU
-path resizes uint8 in fixed point). Crops are plain slices; a centred crop starts at
+floor(size * long / short)), bilinear with antialiasing: on the CPU by torch's uint8 kernel
+(the fixed-point path torchvision's `Resize(size, antialias=True)` takes too), elsewhere in
+float32 rounded back to uint8, within one grey level of it. Crops are plain slices; a centred crop starts at
 floor((H - crop) / 2), as Caffe's test-time crop (torchvision's `CenterCrop` rounds half to
 even, one pixel off for some odd differences).
 """
@@ -76,7 +76,7 @@ def resize_shorter(img: Tensor, size: int) -> Tensor:
     2014, section 3.2); AlexNet's first step, "rescaled the image such that the shorter side was
     of length 256" (Krizhevsky et al. 2012, section 2). Bilinear with antialiasing; the longer
     side becomes floor(size * long / short). An image already of that size is returned as is.
-    Float32 arithmetic, rounded to the nearest grey level, on the image's device.
+    torch's uint8 kernel on the CPU, float32 rounded to the nearest grey level elsewhere.
 
     Args:
         img: uint8 C x H x W.
@@ -92,9 +92,18 @@ def resize_shorter(img: Tensor, size: int) -> Tensor:
     new_h, new_w = (size, size * w // h) if h <= w else (size * h // w, size)
     if (new_h, new_w) == (h, w):
         return img
-    x = F.interpolate(
-        img[None].float(), (new_h, new_w), mode="bilinear", align_corners=False, antialias=True
-    )
+    return _bilinear(img, (new_h, new_w))
+
+
+def _bilinear(img: Tensor, size: tuple[int, int]) -> Tensor:
+    """Antialiased bilinear resize of a uint8 C x H x W image to `size` (H', W')."""
+    if img.device.type == "cpu":
+        # torch's uint8 kernel: 4x faster than float32 here (1.1 against 4.6 ms for a 500 x 375
+        # image), within one grey level of it; what decodes and crops in the loader workers.
+        return F.interpolate(img[None], size, mode="bilinear", align_corners=False, antialias=True)[
+            0
+        ]
+    x = F.interpolate(img[None].float(), size, mode="bilinear", align_corners=False, antialias=True)
     # The triangle filter's weights are non-negative and sum to 1: the result stays in 0..255.
     return x[0].round_().to(torch.uint8)
 
