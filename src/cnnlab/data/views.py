@@ -15,8 +15,8 @@ Resizing keeps the aspect ratio (the shorter side becomes `size`, the longer one
 floor(size * long / short)), bilinear with antialiasing: on the CPU by torch's uint8 kernel
 (the fixed-point path torchvision's `Resize(size, antialias=True)` takes too), elsewhere in
 float32 rounded back to uint8, within one grey level of it. Crops are plain slices; a centred
-crop starts at floor((H - crop) / 2), as Caffe's test-time crop (torchvision's `CenterCrop` rounds half to
-even, one pixel off for some odd differences).
+crop starts at floor((H - crop) / 2), as Caffe's test-time crop (torchvision's `CenterCrop`
+rounds half to even, one pixel off for some odd differences).
 """
 
 from __future__ import annotations
