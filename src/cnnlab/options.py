@@ -54,7 +54,7 @@ def parse_spec(spec: str) -> tuple[str, dict[str, object]]:
     if not sep:
         return name, {}
     items = _NEXT_OPTION.split(rest) if rest else [""]
-    options = parse_options(items, f"option of {spec!r}", "googlenet:factorize=5x5")
+    options = parse_options(items, f"in model spec {spec!r}, option", "googlenet:factorize=5x5")
     return name, options
 
 
