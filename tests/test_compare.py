@@ -6,8 +6,10 @@ Every figure comes from `profile` on the meta device, as the command line comput
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 from torch import nn
@@ -229,3 +231,12 @@ def test_cli_errors_are_one_line(
     err = capsys.readouterr().err
     assert message in err
     assert "Traceback" not in err and err.count("\n") == 1
+
+
+def test_readme_compare_output_is_the_tools(capsys: pytest.CaptureFixture[str]) -> None:
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    blocks = re.findall(r"```\n\$ cnnlab (compare [^\n]+)\n(.*?)```", readme, flags=re.S)
+    assert len(blocks) == 4
+    for command, shown in blocks:
+        assert main(command.split()) == 0
+        assert capsys.readouterr().out == shown, f"README's `cnnlab {command}` is stale"
