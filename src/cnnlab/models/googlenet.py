@@ -96,6 +96,7 @@ __all__ = [
     "AUX_LOSS_WEIGHT",
     "FACTORIZE",
     "INCEPTION",
+    "MEDIUM_GRID",
     "BasicConv2d",
     "BranchKernels",
     "ConvReLU",
@@ -261,8 +262,10 @@ def _reduce_then(
     out_channels: int,
     kernels: tuple[Kernel, ...],
 ) -> nn.Sequential:
-    """A 1x1 reduction to `reduced` channels, then `kernels` with 'same' padding: each keeps the
-    reduced width but the last, which gives `out_channels` (module docstring, "Widths")."""
+    """A 1x1 reduction to `reduced` channels, then `kernels` with 'same' padding, a ReLU after
+    each (`conv_block`): each keeps the reduced width but the last, which gives `out_channels`,
+    as section 3.1's estimate (alpha = 1) and Inception-v3's 17 x 17 modules do; widening first
+    would cost more than GoogLeNet's 5x5 (module docstring, "Widths")."""
     layers = [conv_block(in_channels, reduced, 1)]
     for i, (kh, kw) in enumerate(kernels):
         width = out_channels if i == len(kernels) - 1 else reduced
