@@ -104,3 +104,19 @@ def test_json_round_trip() -> None:
     data = json.loads(cnnlab.profile("resnet20").to_json())
     assert data["params"] == 269_722
     assert data["rows"][0]["output_shape"] == [16, 32, 32]
+
+
+def test_asymmetric_kernels_and_input_channels() -> None:
+    # A 1x3 then a 3x1 conv (Szegedy et al. 2015, Fig. 3) on 8 maps: the windows read as
+    # written; the receptive field, counted along the vertical axis, is 3 only after the 3x1.
+    model = nn.Sequential(
+        nn.Conv2d(8, 8, (1, 3), padding=(0, 1), bias=False),
+        nn.Conv2d(8, 8, (3, 1), padding=(1, 0), bias=False),
+    )
+    prof = cnnlab.profile(model, 10, input_channels=8)
+    assert [r.window for r in prof.rows] == ["1x3/1", "3x1/1"]
+    assert [r.receptive_field for r in prof.rows] == [1, 3]
+    assert prof.params == 2 * 3 * 8 * 8
+    assert prof.macs == 2 * 10 * 10 * 3 * 8 * 8
+    with pytest.raises(InputSizeError, match="smallest input that works is 3x3"):
+        cnnlab.profile(nn.Conv2d(8, 8, 3), 2, input_channels=8)

@@ -6,6 +6,7 @@ VGGs cost nothing; the torchvision oracles compute real logits at small batch si
 
 from __future__ import annotations
 
+import hashlib
 import io
 
 import pytest
@@ -19,6 +20,7 @@ from cnnlab.models.alexnet import local_response_norm
 from cnnlab.models.googlenet import (
     AUX_LOSS_WEIGHT,
     INCEPTION,
+    MEDIUM_GRID,
     GoogLeNet,
     GoogLeNetOutputs,
     Inception,
@@ -284,6 +286,116 @@ def test_googlenet_forward_gives_logits_and_aux_heads_train() -> None:
         assert head.fc2.weight.grad is not None and head.fc2.weight.grad.abs().sum() > 0
         assert head.conv.conv.weight.grad is not None
     assert model.conv1.conv.weight.grad.abs().sum() > 0
+
+
+# --- GoogLeNet factorised (Szegedy et al. 2015, arXiv:1512.00567) ------------------------------
+
+
+def _kernels(branch: nn.Sequential) -> list[tuple[int, ...]]:
+    return [block.conv.kernel_size for block in branch]
+
+
+def _widths(branch: nn.Sequential) -> list[int]:
+    return [block.conv.out_channels for block in branch]
+
+
+def test_googlenet_without_factorize_is_the_2014_network_unchanged() -> None:
+    # Recorded from main at eccee0c, before `factorize` existed: the state dict's names and
+    # shapes, and the logits of the same seed (init order unchanged).
+    def build(**options: object) -> nn.Module:
+        torch.manual_seed(0)
+        return create_model("googlenet", num_classes=10, **options).eval()
+
+    default = build()
+    described = "\n".join(f"{k}:{tuple(v.shape)}" for k, v in default.state_dict().items())
+    assert hashlib.sha256(described.encode()).hexdigest() == (
+        "2ec1d76e8f52dac62110798908beffcae1f85aa40ae5cd25538d28d4076b36ed"
+    )
+    torch.manual_seed(1)
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        logits = default(x)
+    assert logits[0, :4].tolist() == pytest.approx(
+        [-0.0112712, 0.0036516, -0.0035948, -0.0166588], abs=1e-6
+    )
+    same = build(factorize="none")  # and factorize=None is `default`
+    assert repr(same) == repr(default)
+    for (k, v), (k2, v2) in zip(
+        default.state_dict().items(), same.state_dict().items(), strict=True
+    ):
+        assert k == k2 and torch.equal(v, v2)
+    with torch.no_grad():
+        assert torch.equal(same(x), logits)
+
+
+def test_googlenet_factorize_5x5_is_two_3x3_at_the_reduced_width() -> None:
+    # Section 3.1, Fig. 5: 1x1 (#5x5red), 3x3 (#5x5red), 3x3 (#5x5), a ReLU after each.
+    base, net = _meta("googlenet"), _meta("googlenet", factorize="5x5")
+    for name, w in INCEPTION.items():
+        m = getattr(net, f"inception{name}")
+        assert _kernels(m.branch3) == [(1, 1), (3, 3), (3, 3)]
+        assert _widths(m.branch3) == [w.ch5x5red, w.ch5x5red, w.ch5x5]
+        assert all(isinstance(block.relu, nn.ReLU) for block in m.branch3)
+        assert _kernels(m.branch2) == [(1, 1), (3, 3)]  # the 3x3 branch as in 2014
+    # Per module, the 5x5 (25 r o weights + o biases) becomes 3x3 r -> r (9 r r + r) and
+    # 3x3 r -> o (9 r o + o): 25 -> 18 weights per channel pair at equal widths r = o.
+    saved = sum(
+        (25 * w.ch5x5red * w.ch5x5 + w.ch5x5)
+        - (9 * w.ch5x5red**2 + w.ch5x5red + 9 * w.ch5x5red * w.ch5x5 + w.ch5x5)
+        for w in INCEPTION.values()
+    )
+    assert saved == 308_096
+    assert _n_params(base) - _n_params(net) == saved
+    assert _n_params(net) == 13_070_184  # the module docstring's table
+
+
+def test_googlenet_factorize_asymmetric_on_the_14x14_grid_only() -> None:
+    # Section 3.2, Fig. 6 with n = 3, on 4a..4e; Fig. 5 (the 5x5 as two 3x3) elsewhere.
+    five, net = _meta("googlenet", factorize="5x5"), _meta("googlenet", factorize="asymmetric")
+    assert MEDIUM_GRID == ("4a", "4b", "4c", "4d", "4e")
+    for name, w in INCEPTION.items():
+        m, m5 = getattr(net, f"inception{name}"), getattr(five, f"inception{name}")
+        if name not in MEDIUM_GRID:
+            assert repr(m) == repr(m5)
+            continue
+        assert _kernels(m.branch2) == [(1, 1), (1, 3), (3, 1)]
+        assert _widths(m.branch2) == [w.ch3x3red, w.ch3x3red, w.ch3x3]
+        assert _kernels(m.branch3) == [(1, 1), (1, 3), (3, 1), (1, 3), (3, 1)]
+        assert _widths(m.branch3) == [w.ch5x5red] * 4 + [w.ch5x5]
+        assert [b.conv.padding for b in m.branch3[1:]] == [(0, 1), (1, 0)] * 2
+    # Each 3x3 r -> c (9 r c + c) becomes 1x3 r -> r and 3x1 r -> c (3 r r + r + 3 r c + c):
+    # 9 -> 6 weights per channel pair at equal widths (33%, section 3.2).
+    saved = 0
+    for name in MEDIUM_GRID:
+        w = INCEPTION[name]
+        for r, c in ((w.ch3x3red, w.ch3x3), (w.ch5x5red, w.ch5x5red), (w.ch5x5red, w.ch5x5)):
+            saved += (9 * r * c + c) - (3 * r * r + r + 3 * r * c + c)
+    assert saved == 828_544
+    assert _n_params(five) - _n_params(net) == saved
+    assert _n_params(net) == 12_241_640
+
+
+def test_googlenet_factorized_runs_with_its_auxiliary_heads() -> None:
+    torch.manual_seed(0)
+    net = create_model("googlenet", num_classes=10, factorize="asymmetric").eval()
+    with torch.no_grad():
+        assert net(torch.randn(1, 3, 64, 64)).shape == (1, 10)
+    out = _meta("googlenet", factorize="asymmetric").forward_with_aux(
+        torch.empty(2, 3, 224, 224, device="meta")
+    )
+    assert [t.shape for t in out] == [(2, 1000)] * 3
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        ({"factorize": "7x7"}, "factorize='7x7' is not valid; choose one of 'none', '5x5'"),
+        ({"factorize": "5x5", "layout": "torchvision"}, "use it with layout='paper'"),
+    ],
+)
+def test_googlenet_factorize_errors_name_the_fix(options: dict[str, object], message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        _meta("googlenet", **options)
 
 
 # --- pickling ---------------------------------------------------------------------------------

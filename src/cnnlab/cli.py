@@ -1,7 +1,8 @@
 """The `cnnlab` command line: each subcommand is a few lines that call the library.
 
 cnnlab models [PATTERN]
-cnnlab summary MODEL [--input-size N] [--json]
+cnnlab summary MODEL [--input-size N] [-O KEY=VALUE ...] [--json]
+cnnlab compare SPEC SPEC ... [--input-size N] [--json]
 cnnlab visualize filters|activations|deconv|curves ...
 cnnlab experiment degradation|depth|shortcuts --out DIR [--budget F] [--seeds N]
 cnnlab export CHECKPOINT_OR_MODEL --format onnx|torchscript --out FILE [--fold-bn]
@@ -14,9 +15,11 @@ import sys
 import warnings
 from collections.abc import Sequence
 
+from cnnlab.analysis.comparison import compare
 from cnnlab.analysis.complexity import profile
 from cnnlab.analysis.tables import models_table
 from cnnlab.models.registry import UnknownModelError, list_models
+from cnnlab.options import parse_options
 from cnnlab.train.hardware import PRECISION_CHOICES
 from cnnlab.train.recipes import RECIPES
 
@@ -40,13 +43,19 @@ def _cmd_models(args: argparse.Namespace) -> int:
 
 
 def _cmd_summary(args: argparse.Namespace) -> int:
-    result = profile(args.model, args.input_size)
+    result = profile(args.model, args.input_size, **parse_options(args.option))
+    print(result.to_json() if args.json else result.table())
+    return 0
+
+
+def _cmd_compare(args: argparse.Namespace) -> int:
+    result = compare(args.specs, args.input_size)
     print(result.to_json() if args.json else result.table())
     return 0
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
-    from cnnlab.train import TrainingDiverged, parse_options, train_from_spec
+    from cnnlab.train import TrainingDiverged, train_from_spec
 
     try:
         train_from_spec(
@@ -134,7 +143,6 @@ def _cmd_experiment(args: argparse.Namespace) -> int:
 
 def _cmd_export(args: argparse.Namespace) -> int:
     from cnnlab.export import ExportError, ExportPackageError, export
-    from cnnlab.train import parse_options
 
     try:
         result = export(
@@ -166,8 +174,25 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("summary", help="per-layer table and totals of a network")
     p.add_argument("model")
     p.add_argument("--input-size", type=int, help="side of the square input (default: the card's)")
+    p.add_argument("-O", "--option", action="append", default=[], metavar="KEY=VALUE",
+                   help="model option, e.g. -O factorize=5x5 -O layout=torchvision")  # fmt: skip
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.set_defaults(func=_cmd_summary)
+
+    p = sub.add_parser(
+        "compare",
+        help="networks side by side: params, MACs, receptive field, ratios to the first",
+        description="Each SPEC is a model name with options as -O writes them, "
+        "NAME:KEY=VALUE,KEY=VALUE (googlenet:factorize=5x5), or conv_stack:kernels=K,K,... "
+        "(convs from C to C channels, channels=C, default 64; a kernel is n or HxW, e.g. 1x3) "
+        "for a layer-level comparison. Example: cnnlab compare vgg19 resnet34",
+    )
+    p.add_argument("specs", nargs="+", metavar="SPEC")
+    p.add_argument("--input-size", type=int,
+                   help="side of the square input, for all (default: each card's; conv_stack: "
+                   "56)")  # fmt: skip
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.set_defaults(func=_cmd_compare)
 
     # -- subcommands of cnnlab.train are registered below (train, eval, predict) --
     p = sub.add_parser("train", help="train a network; a run folder records everything")

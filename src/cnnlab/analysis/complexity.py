@@ -15,8 +15,9 @@ Conventions:
 - connections: multiply-adds plus one bias input per output neuron where the layer has a bias,
   the count the AlexNet paper's "630 million connections" uses.
 - receptive field: the side, in input pixels, of the window one output unit sees; stride: the
-  distance in input pixels between neighbouring output units. Both along one axis (the
-  networks here are square).
+  distance in input pixels between neighbouring output units. Both along one axis, the
+  vertical (the networks here are square; a 1x3 conv followed by a 3x1 conv sees 3x3, as
+  the factorised GoogLeNet's do).
 """
 
 from __future__ import annotations
@@ -180,8 +181,12 @@ def _pair(v: int | tuple[int, ...]) -> int:
     return v[0] if isinstance(v, tuple) else v
 
 
+def _hw(v: int | tuple[int, ...]) -> tuple[int, int]:
+    return (v[0], v[1]) if isinstance(v, tuple) else (v, v)
+
+
 def _window(m: nn.Module) -> tuple[int, int, int, int]:
-    """kernel, stride, padding, dilation along one axis."""
+    """kernel, stride, padding, dilation along the vertical axis."""
     k, s = _pair(m.kernel_size), _pair(m.stride if m.stride is not None else m.kernel_size)
     p = m.padding
     d = _pair(getattr(m, "dilation", 1))
@@ -190,7 +195,7 @@ def _window(m: nn.Module) -> tuple[int, int, int, int]:
     return k, s, _pair(p), d
 
 
-def _trace(model: nn.Module, size: int, name: str) -> Profile:
+def _trace(model: nn.Module, size: int, name: str, channels: int = 3) -> Profile:
     mode = _GeometryMode()
     rows: list[LayerRow] = []
     counted: set[int] = set()  # parameters are counted once, at a module's first call
@@ -214,7 +219,8 @@ def _trace(model: nn.Module, size: int, name: str) -> Profile:
             macs = neurons * module.in_features
         if isinstance(module, _WINDOWED) and g_in is not None:
             k, s, p, d = _window(module)
-            window = f"{k}x{k}/{s}"
+            kh, kw = _hw(module.kernel_size)
+            window = f"{kh}x{kw}/{s}"
             k_eff = d * (k - 1) + 1
             g_out = _Geometry(g_in.rf + (k_eff - 1) * g_in.jump, g_in.jump * s, out.shape[-1])
             in_side = x.shape[-1]
@@ -265,7 +271,7 @@ def _trace(model: nn.Module, size: int, name: str) -> Profile:
         if path and not list(m.children())
     ]
     state = {k: torch.empty_like(v, device="meta") for k, v in model.state_dict().items()}
-    x = torch.empty(1, 3, size, size, device="meta")
+    x = torch.empty(1, channels, size, size, device="meta")
     was_training = model.training
     model.eval()
     try:
@@ -299,44 +305,50 @@ def _tiling_note(path: str, k: int, s: int, p: int, side: int, lost: int) -> str
     )
 
 
-def _runs(model: nn.Module, size: int) -> bool:
+def _runs(model: nn.Module, size: int, channels: int = 3) -> bool:
     try:
-        _trace(model, size, "")
+        _trace(model, size, "", channels)
     except RuntimeError:
         return False
     return True
 
 
-def smallest_input_size(model: nn.Module, upper: int = 1024) -> int | None:
+def smallest_input_size(model: nn.Module, upper: int = 1024, channels: int = 3) -> int | None:
     """The smallest square input side the network accepts (None if not even `upper`)."""
-    if not _runs(model, upper):
+    if not _runs(model, upper, channels):
         return None
     lo, hi = 1, upper  # a larger input never shrinks a feature map, so this is monotone
     while lo < hi:
         mid = (lo + hi) // 2
-        if _runs(model, mid):
+        if _runs(model, mid, channels):
             hi = mid
         else:
             lo = mid + 1
     return lo
 
 
-def _tiling_size(model: nn.Module, size: int) -> int | None:
+def _tiling_size(model: nn.Module, size: int, channels: int = 3) -> int | None:
     """The nearest size at or above `size` that every window tiles exactly."""
     for candidate in range(size, size + 64):
-        if not _trace(model, candidate, "").notes:
+        if not _trace(model, candidate, "", channels).notes:
             return candidate
     return None
 
 
 def profile(
-    model_or_name: nn.Module | str, input_size: int | None = None, **options: object
+    model_or_name: nn.Module | str,
+    input_size: int | None = None,
+    *,
+    input_channels: int = 3,
+    **options: object,
 ) -> Profile:
     """Measure a network layer by layer for one image.
 
     Args:
         model_or_name: a registered name (built on the meta device, no memory) or a module.
         input_size: side of the square input; default the card's (required for a module).
+        input_channels: channels of the input: 3 for an image; for a module that takes
+            feature maps, such as `cnnlab.analysis.comparison.conv_stack`, their width.
         **options: builder options when a name is given (num_classes, shortcut, layout...).
 
     Returns:
@@ -360,9 +372,9 @@ def profile(
     if size < 1:
         raise InputSizeError(f"input size must be a positive number of pixels, not {size}")
     try:
-        result = _trace(model, size, name)
+        result = _trace(model, size, name, input_channels)
     except RuntimeError as e:
-        smallest = smallest_input_size(model)
+        smallest = smallest_input_size(model, channels=input_channels)
         if smallest is None or smallest <= size:
             raise
         raise InputSizeError(
@@ -370,7 +382,7 @@ def profile(
             f"the smallest input that works is {smallest}x{smallest}"
         ) from e
     if result.notes:
-        fit = _tiling_size(model, size)
+        fit = _tiling_size(model, size, input_channels)
         if fit is not None and fit != size:
             result = dataclasses.replace(
                 result, notes=(*result.notes, f"an input of {fit}x{fit} tiles every window exactly")

@@ -15,6 +15,10 @@ one linear layer; 22 layers with parameters. Shapes at 224 x 224 (Table 1):
                                                   6.67  ILSVRC-2014 test, 7 models, 144 crops
                                                         (Table 2)
 
+    factorize     input  params      multiply-adds  (Szegedy et al. 2015's factorisations of
+    "5x5"         224    13,070,184  1,514,971,904  this network, below; the paper reports
+    "asymmetric"  224    12,241,640  1,352,401,664  no result for them)
+
 The parameter count is the whole module's, the two auxiliary classifiers included (they are
 trained; 6,998,552 without them); the multiply-adds are those of `forward`, which does not run
 the auxiliary classifiers.
@@ -42,6 +46,32 @@ torchvision deviation, pytorch/vision#906), no LRN, a 2x2/2 fourth max-pool, ada
 auxiliary pools, dropout 0.2, truncated-normal init. Parameter names are torchvision's, so
 `torchvision.models.googlenet(aux_logits=True).state_dict()` loads strictly.
 
+`factorize` (paper layout only; default None, the 2014 network) applies the factorisations of
+Szegedy et al. 2015 ("Rethinking the Inception Architecture for Computer Vision",
+arXiv:1512.00567) to the inception modules, as `FACTORIZE` lists them; the stem, Table 1's
+widths and outputs, and the heads stay as they are:
+
+- "5x5" (section 3.1, Fig. 5): in every module the 5x5 conv is two 3x3 convs with a ReLU
+  between them (section 3.1: a linear first layer "was always inferior", Fig. 2). Same receptive
+  field; 2 x 9 = 18 weights per channel pair against 25 at equal widths, the paper's 28% saving.
+- "asymmetric" (section 3.2, Fig. 6): "5x5", and on the 14 x 14 grid (4a .. 4e) every 3x3 conv,
+  the 3x3 branch's and the two of the 5x5 branch, as a 1x3 conv followed by a 3x1 conv (ReLU
+  between): Fig. 6 with n = 3, 6 weights per channel pair against 9 (33%, section 3.2). The
+  paper factorises so only "on medium grid-sizes (On m x m feature maps, where m ranges between
+  12 and 20)", with n = 7 on Inception-v3's 17 x 17 grid. GoogLeNet has no 17 x 17 grid; its
+  14 x 14 modules are the ones in that range, so 3a, 3b (28 x 28) and 5a, 5b (7 x 7) keep their
+  3x3s. The parallel 1x3 and 3x1 of the paper's 8 x 8 modules (Fig. 7) widen the output and are
+  not done.
+
+Widths in a factorised branch: every conv but the last keeps the branch's reduced width (#3x3red
+or #5x5red), the last gives the branch's width (#3x3 or #5x5). Section 3.1's estimate keeps the
+width through both layers ("choosing alpha = 1 (no expansion)"), and Inception-v3's 17 x 17
+modules keep the reduced width up to the last conv (torchvision's InceptionC, c7 channels).
+Its 35 x 35 modules widen in the first 3x3 instead (64 -> 96 -> 96); with GoogLeNet's #5x5 two to
+four times #5x5red that would make the two 3x3s dearer than the 5x5 they replace (3b: 9 x 32 x 96
++ 9 x 96 x 96 = 110,592 weights against 25 x 32 x 96 = 76,800). The torchvision layout refuses
+`factorize`: it exists so that torchvision's state dicts load, and it has a 3x3 for the 5x5.
+
 `transform_input=True` (torchvision layout only; default False, as torchvision's own default) is
 torchvision's option of that name: a first module that takes inputs normalised with ImageNet's
 mean and std to the mean 0.5, std 0.5 scaling that torchvision's published GoogLeNet weights
@@ -64,8 +94,11 @@ from cnnlab.models.registry import Reported, check_choice, register_model
 
 __all__ = [
     "AUX_LOSS_WEIGHT",
+    "FACTORIZE",
     "INCEPTION",
+    "MEDIUM_GRID",
     "BasicConv2d",
+    "BranchKernels",
     "ConvReLU",
     "GoogLeNet",
     "GoogLeNetOutputs",
@@ -124,6 +157,34 @@ INCEPTION: dict[str, InceptionWidths] = {
 }
 # fmt: on
 
+Kernel = tuple[int, int]  # (height, width): (1, 3) is a 1x3 conv, one row of three
+
+
+@dataclass(frozen=True)
+class BranchKernels:
+    """The convs after the 1x1 reductions of the 3x3 and the 5x5 branches, in order."""
+
+    branch2: tuple[Kernel, ...]  # the 3x3 branch
+    branch3: tuple[Kernel, ...]  # the 5x5 branch
+
+
+PAPER_2014 = BranchKernels(((3, 3),), ((5, 5),))  # Szegedy et al. 2014, Fig. 2b
+TORCHVISION = BranchKernels(((3, 3),), ((3, 3),))  # a 3x3 for the 5x5 (pytorch/vision#906)
+# Szegedy et al. 2015, arXiv:1512.00567.
+FIVE_AS_3X3 = BranchKernels(((3, 3),), ((3, 3), (3, 3)))  # Fig. 5
+ASYMMETRIC_3 = BranchKernels(((1, 3), (3, 1)), ((1, 3), (3, 1), (1, 3), (3, 1)))  # Fig. 6, n = 3
+
+# The 14 x 14 modules: Szegedy et al. 2015 factorise n x n into 1 x n, n x 1 only "on medium
+# grid-sizes (On m x m feature maps, where m ranges between 12 and 20)", section 3.2.
+MEDIUM_GRID = ("4a", "4b", "4c", "4d", "4e")
+
+# factorize option -> the kernels of each inception module (see the module docstring).
+FACTORIZE: dict[str, dict[str, BranchKernels]] = {
+    "none": {m: PAPER_2014 for m in INCEPTION},
+    "5x5": {m: FIVE_AS_3X3 for m in INCEPTION},
+    "asymmetric": {m: ASYMMETRIC_3 if m in MEDIUM_GRID else FIVE_AS_3X3 for m in INCEPTION},
+}
+
 
 class ConvReLU(nn.Module):
     """Conv with bias, then ReLU: the paper's unit ("All the convolutions ... use rectified
@@ -133,9 +194,9 @@ class ConvReLU(nn.Module):
         self,
         in_channels: int,
         out_channels: int,
-        kernel_size: int,
+        kernel_size: int | Kernel,
         stride: int = 1,
-        padding: int = 0,
+        padding: int | Kernel = 0,
     ) -> None:
         super().__init__()
         self.conv = nn.Conv2d(in_channels, out_channels, kernel_size, stride, padding)
@@ -152,9 +213,9 @@ class BasicConv2d(nn.Module):
         self,
         in_channels: int,
         out_channels: int,
-        kernel_size: int,
+        kernel_size: int | Kernel,
         stride: int = 1,
-        padding: int = 0,
+        padding: int | Kernel = 0,
     ) -> None:
         super().__init__()
         self.conv = nn.Conv2d(in_channels, out_channels, kernel_size, stride, padding, bias=False)
@@ -170,27 +231,20 @@ ConvBlock = Callable[..., nn.Module]
 
 class Inception(nn.Module):
     """Four branches concatenated along channels (Fig. 2b): 1x1; 1x1 then 3x3; 1x1 then 5x5;
-    3x3 max-pool then 1x1 projection."""
+    3x3 max-pool then 1x1 projection. `kernels` replaces the 3x3 and the 5x5 (2015's Fig. 5, 6)."""
 
     def __init__(
         self,
         in_channels: int,
         widths: InceptionWidths,
         conv_block: ConvBlock = ConvReLU,
-        kernel_5x5: int = 5,
+        kernels: BranchKernels = PAPER_2014,
     ) -> None:
         super().__init__()
         w = widths
         self.branch1 = conv_block(in_channels, w.ch1x1, 1)
-        self.branch2 = nn.Sequential(
-            conv_block(in_channels, w.ch3x3red, 1),
-            conv_block(w.ch3x3red, w.ch3x3, 3, padding=1),
-        )
-        # kernel_5x5 is 5 in the paper, 3 in torchvision's layout (pytorch/vision#906).
-        self.branch3 = nn.Sequential(
-            conv_block(in_channels, w.ch5x5red, 1),
-            conv_block(w.ch5x5red, w.ch5x5, kernel_5x5, padding=kernel_5x5 // 2),
-        )
+        self.branch2 = _reduce_then(conv_block, in_channels, w.ch3x3red, w.ch3x3, kernels.branch2)
+        self.branch3 = _reduce_then(conv_block, in_channels, w.ch5x5red, w.ch5x5, kernels.branch3)
         self.branch4 = nn.Sequential(
             nn.MaxPool2d(kernel_size=3, stride=1, padding=1, ceil_mode=True),
             conv_block(in_channels, w.pool_proj, 1),
@@ -199,6 +253,24 @@ class Inception(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         branches = [self.branch1(x), self.branch2(x), self.branch3(x), self.branch4(x)]
         return torch.cat(branches, dim=1)
+
+
+def _reduce_then(
+    conv_block: ConvBlock,
+    in_channels: int,
+    reduced: int,
+    out_channels: int,
+    kernels: tuple[Kernel, ...],
+) -> nn.Sequential:
+    """A 1x1 reduction to `reduced` channels, then `kernels` with 'same' padding, a ReLU after
+    each (`conv_block`): each keeps the reduced width but the last, which gives `out_channels`,
+    as section 3.1's estimate (alpha = 1) and Inception-v3's 17 x 17 modules do; widening first
+    would cost more than GoogLeNet's 5x5 (module docstring, "Widths")."""
+    layers = [conv_block(in_channels, reduced, 1)]
+    for i, (kh, kw) in enumerate(kernels):
+        width = out_channels if i == len(kernels) - 1 else reduced
+        layers.append(conv_block(reduced, width, (kh, kw), padding=(kh // 2, kw // 2)))
+    return nn.Sequential(*layers)
 
 
 class InceptionAux(nn.Module):
@@ -252,21 +324,34 @@ class GoogLeNet(nn.Module):
         layout: "paper" or "torchvision" (see the module docstring).
         transform_input: torchvision's option for its published weights (torchvision layout
             only): ImageNet-normalised inputs re-normalised to mean 0.5, std 0.5 first.
+        factorize: None or "none" (the 2014 network), "5x5" or "asymmetric": Szegedy et al.
+            2015's factorisations (paper layout only; see the module docstring).
     """
 
     def __init__(
-        self, num_classes: int = 1000, layout: str = "paper", transform_input: bool = False
+        self,
+        num_classes: int = 1000,
+        layout: str = "paper",
+        transform_input: bool = False,
+        factorize: str | None = None,
     ) -> None:
         super().__init__()
         check_choice("layout", layout, LAYOUTS)
+        factorize = "none" if factorize is None else factorize
+        check_choice("factorize", factorize, tuple(FACTORIZE))
         paper = layout == "paper"
         if transform_input and paper:
             raise ValueError(
                 "transform_input=True is torchvision's option for its published weights; "
                 "use it with layout='torchvision'"
             )
+        if factorize != "none" and not paper:
+            raise ValueError(
+                f"factorize={factorize!r} factorises the paper's network; use it with "
+                "layout='paper' (the torchvision layout is there to load torchvision's weights)"
+            )
         conv: ConvBlock = ConvReLU if paper else BasicConv2d
-        k5 = 5 if paper else 3
+        kernels = FACTORIZE[factorize] if paper else {m: TORCHVISION for m in INCEPTION}
 
         # No parameters, so torchvision's state dict loads with it or without it; absent
         # (not an identity) by default, so that profiles show no extra layer.
@@ -280,20 +365,20 @@ class GoogLeNet(nn.Module):
         self.lrn2 = local_response_norm() if paper else nn.Identity()
         self.maxpool2 = nn.MaxPool2d(3, stride=2, ceil_mode=True)
 
-        self.inception3a = Inception(192, INCEPTION["3a"], conv, k5)
-        self.inception3b = Inception(256, INCEPTION["3b"], conv, k5)
+        self.inception3a = Inception(192, INCEPTION["3a"], conv, kernels["3a"])
+        self.inception3b = Inception(256, INCEPTION["3b"], conv, kernels["3b"])
         self.maxpool3 = nn.MaxPool2d(3, stride=2, ceil_mode=True)
 
-        self.inception4a = Inception(480, INCEPTION["4a"], conv, k5)
-        self.inception4b = Inception(512, INCEPTION["4b"], conv, k5)
-        self.inception4c = Inception(512, INCEPTION["4c"], conv, k5)
-        self.inception4d = Inception(512, INCEPTION["4d"], conv, k5)
-        self.inception4e = Inception(528, INCEPTION["4e"], conv, k5)
+        self.inception4a = Inception(480, INCEPTION["4a"], conv, kernels["4a"])
+        self.inception4b = Inception(512, INCEPTION["4b"], conv, kernels["4b"])
+        self.inception4c = Inception(512, INCEPTION["4c"], conv, kernels["4c"])
+        self.inception4d = Inception(512, INCEPTION["4d"], conv, kernels["4d"])
+        self.inception4e = Inception(528, INCEPTION["4e"], conv, kernels["4e"])
         # Table 1 has a 3x3/2 max-pool here; torchvision a 2x2/2 one (the same 14 -> 7).
         self.maxpool4 = nn.MaxPool2d(3 if paper else 2, stride=2, ceil_mode=True)
 
-        self.inception5a = Inception(832, INCEPTION["5a"], conv, k5)
-        self.inception5b = Inception(832, INCEPTION["5b"], conv, k5)
+        self.inception5a = Inception(832, INCEPTION["5a"], conv, kernels["5a"])
+        self.inception5b = Inception(832, INCEPTION["5b"], conv, kernels["5b"])
 
         self.aux1 = InceptionAux(512, num_classes, conv, None if paper else nn.AdaptiveAvgPool2d(4))
         self.aux2 = InceptionAux(528, num_classes, conv, None if paper else nn.AdaptiveAvgPool2d(4))
@@ -394,7 +479,16 @@ def _init_torchvision(model: nn.Module) -> None:
     ),
 )
 def googlenet(
-    num_classes: int = 1000, layout: str = "paper", transform_input: bool = False
+    num_classes: int = 1000,
+    layout: str = "paper",
+    transform_input: bool = False,
+    factorize: str | None = None,
 ) -> GoogLeNet:
-    """GoogLeNet as published (true 5x5 convs, LRN) or torchvision's batch-norm variant."""
-    return GoogLeNet(num_classes=num_classes, layout=layout, transform_input=transform_input)
+    """GoogLeNet as published (true 5x5 convs, LRN) or torchvision's batch-norm variant;
+    `factorize` gives Szegedy et al. 2015's factorised convolutions."""
+    return GoogLeNet(
+        num_classes=num_classes,
+        layout=layout,
+        transform_input=transform_input,
+        factorize=factorize,
+    )

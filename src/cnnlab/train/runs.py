@@ -20,6 +20,7 @@ from cnnlab.data.stream import DATA_MODES, ImageStream, StreamDataset, choose_mo
 from cnnlab.data.views import TestTime
 from cnnlab.models import pretrained
 from cnnlab.models.registry import check_choice, model_card
+from cnnlab.options import parse_options  # re-exported: cnnlab.train.parse_options
 from cnnlab.train.checkpoint import load_checkpoint
 from cnnlab.train.distributed import resolve_device
 from cnnlab.train.evaluate import (
@@ -316,32 +317,3 @@ def class_index(folders: Sequence[str], classes: Sequence[str]) -> list[int]:
         f"({', '.join(list(classes)[:3])}, ...): name the folders by those classes, or give "
         f"all {len(classes)} class folders (ImageNet's WordNet IDs sort into its class order)"
     )
-
-
-def parse_options(
-    items: Sequence[str], what: str = "model option", example: str = "shortcut=B"
-) -> dict[str, object]:
-    """["shortcut=B", "width=2"] -> {"shortcut": "B", "width": 2} (ints, floats, true/false).
-
-    A value with commas is a tuple: "scale_range=256,480" -> {"scale_range": (256, 480)}.
-    """
-    options: dict[str, object] = {}
-    for item in items:
-        key, sep, text = item.partition("=")
-        if not sep or not key:
-            raise ValueError(f"{what} {item!r} is not KEY=VALUE (e.g. {example})")
-        options[key] = _parse_value(text)
-    return options
-
-
-def _parse_value(text: str) -> object:
-    if "," in text:  # a pair or a list: scale_range=256,480
-        return tuple(_parse_value(t) for t in text.split(","))
-    if text.lower() in ("true", "false"):
-        return text.lower() == "true"
-    for kind in (int, float):
-        try:
-            return kind(text)
-        except ValueError:
-            pass
-    return text
