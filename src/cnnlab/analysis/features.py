@@ -447,14 +447,16 @@ def stage_outputs(
     if not layers:
         raise ValueError(f"no stages found in {type(model).__name__}; name the layers")
     outputs: dict[str, Tensor] = {}
+
+    def keep(name: str, output: Tensor) -> None:
+        # Returns None: a hook's return value would replace the output, and an in-place op
+        # after the layer (a ReLU) would then change the copy kept here.
+        outputs.setdefault(name, output.detach().clone())
+
     handles = []
     for name in layers:
         module = model.get_submodule(name)
-        handles.append(
-            module.register_forward_hook(
-                lambda _m, _i, o, name=name: outputs.setdefault(name, o.detach().clone())
-            )
-        )
+        handles.append(module.register_forward_hook(lambda _m, _i, o, name=name: keep(name, o)))
     try:
         with torch.no_grad(), _eval(model):
             model(x)
