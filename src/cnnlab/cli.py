@@ -15,6 +15,7 @@ import warnings
 from collections.abc import Sequence
 
 from cnnlab.analysis.complexity import profile
+from cnnlab.analysis.features import METHODS
 from cnnlab.analysis.tables import models_table
 from cnnlab.models.registry import UnknownModelError, list_models
 from cnnlab.train.hardware import PRECISION_CHOICES
@@ -110,8 +111,7 @@ def _cmd_visualize(args: argparse.Namespace) -> int:
         path = plots.draw_deconv(
             args.checkpoint, args.data or "cifar10", args.out, layer=args.layer,
             channels=args.channels, split=args.split, limit=args.limit or None, top=args.top,
-            weights=args.weights,
-            images=args.images,
+            weights=args.weights, images=args.images, methods=args.method,
         )  # fmt: skip
     else:
         path = plots.draw_curves(args.runs, args.out, args.title)
@@ -273,11 +273,11 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument("--out", default="activations.png", help="PNG file (default: activations.png)")
     v = vis.add_parser(
         "deconv",
-        help="Zeiler & Fergus's deconvnet: top images per channel",
+        help="deconvnet, guided backprop or gradient: top images per channel",
         description="For each channel, the images (of --data, or your own --images) that "
-        "excite it most, the deconvnet projection of that unit to pixel space, and the image "
+        "excite it most, the projection of that unit to pixel space (--method), and the image "
         "patch under its receptive field. Example: cnnlab visualize deconv alexnet --weights "
-        "IMAGENET1K_V1 --layer conv5 --images photos/",
+        "IMAGENET1K_V1 --layer conv5 --images photos/ --method deconvnet guided",
     )
     v.add_argument("checkpoint", metavar="CHECKPOINT|MODEL", help=net_help)
     v.add_argument("--weights", metavar="NAME", help=vis_weights_help)
@@ -297,6 +297,11 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument("--limit", type=int, default=2000,
                    help="images of --data searched, spread over the split (0: all)")  # fmt: skip
     v.add_argument("--top", type=int, default=9, help="images per channel (default: 9)")
+    v.add_argument("--method", nargs="+", choices=METHODS, default=["deconvnet"],
+                   help="projection to pixel space: deconvnet (default; Zeiler & Fergus), "
+                   "guided (guided backpropagation, Springenberg et al. 2015: also gated by the "
+                   "image's own ReLU pattern, so it sees the image without max pooling), "
+                   "saliency (the plain gradient); several: side by side")  # fmt: skip
     v.add_argument("--out", default="deconv.png", help="PNG file (default: deconv.png)")
     v = vis.add_parser("curves", help="training (dashed) and test (bold) error of runs")
     v.add_argument("runs", nargs="+", metavar="RUN_DIR", help="run folders (metrics.jsonl)")
