@@ -1,14 +1,18 @@
-"""Seeing through networks without max pooling (issue 10).
+"""Seeing through networks without max pooling, and layer responses (issue 10).
 
 Projections: the deconvnet, guided backpropagation and the plain gradient must be the
 hand-written rules of Springenberg et al. 2015 (section 3.4, Fig. 1) on a small net; the
 gradient must be autograd's (oracle); on a network without max pooling the deconvnet's
 projections of one unit are the same picture for any image (the fault the issue describes)
 while guided backpropagation's follow a bright patch inside the unit's receptive field.
+
+Layer responses (He et al. 2015, Fig. 7): the layers are the batch norms after 3x3 convs, and
+the std is the channel mean of per-channel stds, computed here by hand on one batch.
 """
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -22,6 +26,7 @@ import cnnlab
 from cnnlab.analysis.features import (
     METHODS,
     GuidedReLU,
+    Network,
     backward_rule,
     deconv_top_images,
     load_network,
@@ -29,8 +34,17 @@ from cnnlab.analysis.features import (
     receptive_field_boxes,
     stage_outputs,
 )
-from cnnlab.analysis.plots import plot_deconv
+from cnnlab.analysis.plots import plot_deconv, plot_responses
+from cnnlab.analysis.responses import (
+    LayerResponses,
+    mean_responses,
+    response_layers,
+    response_std,
+    run_label,
+    run_responses,
+)
 from cnnlab.cli import main
+from cnnlab.train.checkpoint import save_checkpoint
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -287,3 +301,126 @@ def test_cli_deconv_methods(
     with pytest.raises(SystemExit):
         main([*argv, "--method", "gradcam"])
     assert "invalid choice: 'gradcam'" in capsys.readouterr().err
+
+
+# -- layer responses (He et al. 2015, Fig. 7) ------------------------------------------------
+
+
+def test_response_layers_are_the_batch_norms_after_3x3_convs() -> None:
+    x = torch.randn(1, 3, 32, 32)
+    layers = response_layers(cnnlab.create_model("resnet20"), x)
+    blocks = [f"layer{s}.{b}.bn{k}" for s in (1, 2, 3) for b in range(3) for k in (1, 2)]
+    assert layers == ["bn1", *blocks]  # 19 = 6n + 1: every weighted layer but the fc
+    assert response_layers(cnnlab.create_model("plain20"), x) == layers
+    assert len(response_layers(cnnlab.create_model("resnet56"), x)) == 55
+    # ImageNet ResNets: the 7x7 stem is not a 3x3 layer; a bottleneck has one 3x3 (bn2).
+    x = torch.randn(1, 3, 64, 64)
+    assert len(response_layers(cnnlab.create_model("resnet18"), x)) == 16
+    bottleneck = response_layers(cnnlab.create_model("resnet50"), x)
+    assert len(bottleneck) == 16 and all(p.endswith(".bn2") for p in bottleneck)
+    with pytest.raises(ValueError, match="not followed by a batch norm"):
+        response_layers(cnnlab.create_model("preact_resnet18"), x)
+    with pytest.raises(ValueError, match="no 3x3 convolution"):
+        response_layers(nn.Sequential(nn.Conv2d(3, 2, 1), nn.BatchNorm2d(2)), x)
+
+
+def _network(model: nn.Module, name: str = "resnet20") -> Network:
+    return Network(
+        model=model.eval(), name=name, source="test", classes=None,
+        mean=torch.full((3,), 0.5), std=torch.full((3,), 0.25), image_size=(32, 32),
+    )  # fmt: skip
+
+
+def test_response_std_is_the_channel_mean_of_per_channel_stds() -> None:
+    """Oracle: the batch norms' outputs for all images in one batch, by hooks, and the
+    definition written out; `response_std` streams 3 images at a time."""
+    torch.manual_seed(0)
+    model = cnnlab.create_model("resnet20").eval()
+    with torch.no_grad():  # trained-looking batch norms: scales and offsets of all sizes
+        for m in model.modules():
+            if isinstance(m, nn.BatchNorm2d):
+                m.weight.uniform_(0.1, 2.0)
+                m.bias.normal_(0.0, 1.0)
+                m.running_mean.normal_(0.0, 0.5)
+                m.running_var.uniform_(0.5, 2.0)
+    net = _network(model)
+    images = torch.randint(0, 256, (7, 3, 32, 32), dtype=torch.uint8,
+                           generator=torch.Generator().manual_seed(0))  # fmt: skip
+    layers, std = response_std(net, images, batch_size=3)
+    outputs = {}
+
+    def keep(module: nn.Module, _inputs: object, output: torch.Tensor) -> None:
+        outputs[module] = output.clone()  # before the in-place ReLU; returns None: unchanged
+
+    handles = [m.register_forward_hook(keep) for m in map(model.get_submodule, layers)]
+    with torch.no_grad():
+        model(net.normalize(images))
+    for h in handles:
+        h.remove()
+    outputs = {p: outputs[model.get_submodule(p)] for p in layers}
+    for p, s in zip(layers, std, strict=True):
+        y = outputs[p].double()
+        expected = y.std(dim=(0, 2, 3), unbiased=False).mean()
+        assert s == pytest.approx(float(expected), rel=1e-6), p  # float32 batches of 3 or 7
+        assert s != pytest.approx(float(y.std(unbiased=False)), rel=1e-3)  # not the whole tensor
+    # A batch norm's gamma scales its layer's std; its beta (an offset) leaves it alone.
+    with torch.no_grad():
+        model.layer2[1].bn1.weight.mul_(3.0)
+        model.layer2[1].bn1.bias.add_(5.0)
+    _, scaled = response_std(net, images, batch_size=7)
+    k = layers.index("layer2.1.bn1")
+    assert scaled[k] == pytest.approx(3.0 * std[k], rel=1e-6)
+    assert scaled[:k] == pytest.approx(std[:k], rel=1e-6)
+
+
+def _write_run(folder: Path, model: str, options: dict[str, str] | None = None) -> Path:
+    """A run folder as `cnnlab train` leaves it, with random weights (seeded by the name)."""
+    torch.manual_seed(len(folder.name))
+    net = cnnlab.create_model(model, num_classes=3, **(options or {}))
+    folder.mkdir(parents=True)
+    state = {
+        "model": model, "model_options": options or {}, "num_classes": 3,
+        "classes": ["cat", "dog", "ship"], "image_shape": [3, 32, 32],
+        "mean": [0.5, 0.5, 0.5], "std": [0.25, 0.25, 0.25],
+        "model_state": net.state_dict(), "step": 1,
+    }  # fmt: skip
+    save_checkpoint(folder / "checkpoint.pt", state)
+    config = {"model": model, "model_options": options or {}}
+    (folder / "config.json").write_text(json.dumps(config))
+    return folder
+
+
+def test_runs_are_named_by_their_config(tmp_path: Path) -> None:
+    a = _write_run(tmp_path / "a", "resnet20", {"shortcut": "B"})
+    b = _write_run(tmp_path / "b", "plain20")
+    c = _write_run(tmp_path / "c", "plain20")
+    assert run_label(a, load_network(a)) == "resnet20-B"
+    assert run_label(a / "checkpoint.pt", load_network(a)) == "resnet20-B"
+    images = torch.randint(0, 256, (4, 3, 32, 32), dtype=torch.uint8)
+    got = run_responses([a, b, c / "checkpoint.pt"], images, batch_size=2)
+    assert [r.name for r in got] == ["resnet20-B", "plain20 (b)", "plain20 (c)"]
+    assert [r.model for r in got] == ["resnet20", "plain20", "plain20"]
+    assert all(len(r.std) == 19 and r.images == 4 for r in got)
+    assert got[0].ranked() == tuple(sorted(got[0].std, reverse=True))
+    _assert_png(plot_responses(got, tmp_path / "r.png", "three runs"))
+
+
+def test_mean_over_seeds() -> None:
+    a = LayerResponses("r", "resnet20", ("x", "y"), (1.0, 2.0), 10)
+    b = LayerResponses("r", "resnet20", ("x", "y"), (3.0, 6.0), 10)
+    m = mean_responses([a, b], "r")
+    assert (m.std, m.networks) == ((2.0, 4.0), 2)
+    assert mean_responses([m, a], "r").std == pytest.approx((5 / 3, 10 / 3))
+    with pytest.raises(ValueError, match="layers differ"):
+        mean_responses([a, LayerResponses("r", "plain20", ("x",), (1.0,), 10)], "r")
+
+
+def test_cli_responses(image_folder: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    runs = [_write_run(tmp_path / n, n) for n in ("plain20", "resnet20")]
+    out = tmp_path / "responses.png"
+    argv = ["visualize", "responses", *map(str, runs), "--data", str(image_folder)]
+    assert main([*argv, "--limit", "5", "--out", str(out)]) == 0
+    assert f"wrote {out}" in capsys.readouterr().out
+    _assert_png(out)
+    assert main(["visualize", "responses", "alexnet", "--data", str(image_folder)]) == 2
+    assert "not followed by a batch norm" in capsys.readouterr().err

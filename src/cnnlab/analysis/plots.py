@@ -12,6 +12,8 @@ shown and of which network, axes are labelled, panels carry class names, curves 
                        (Springenberg et al. 2015, Fig. 1)
     plot_curves        training (dashed) and test (bold) error against iterations for several
                        runs (He et al. 2015, Fig. 1 and Fig. 6)
+    plot_responses     the std of each 3x3 layer's response, by layer index and sorted, for
+                       several runs (He et al. 2015, Fig. 7)
 """
 
 from __future__ import annotations
@@ -46,6 +48,8 @@ from cnnlab.analysis.features import (
     spread_subset,
     stage_outputs,
 )
+from cnnlab.analysis.responses import RESPONSE_IMAGES, LayerResponses, run_responses
+from cnnlab.models.registry import UnknownModelError, model_card
 
 __all__ = [
     "RunCurves",
@@ -54,10 +58,13 @@ __all__ = [
     "draw_curves",
     "draw_deconv",
     "draw_filters",
+    "draw_responses",
     "plot_activations",
     "plot_curves",
     "plot_deconv",
     "plot_filters",
+    "plot_responses",
+    "responses_figure",
     "read_run",
 ]
 
@@ -418,6 +425,54 @@ def curves_figure(runs: Sequence[RunCurves], title: str = "") -> Figure:
     return fig
 
 
+# -- layer responses ---------------------------------------------------------------------------
+
+
+def plot_responses(responses: Sequence[LayerResponses], path: str | Path, title: str = "") -> Path:
+    """The std of each 3x3 layer's response for several runs, as the ResNet paper's Fig. 7:
+    by layer index (top) and sorted in descending order (bottom).
+
+    Args:
+        responses: from `responses.run_responses`, one colour each; plain networks dashed.
+        path: the PNG file to write.
+        title: default "layer responses".
+    """
+    return _save(responses_figure(responses, title), path)
+
+
+def responses_figure(responses: Sequence[LayerResponses], title: str = "") -> Figure:
+    """The figure of `plot_responses`, not yet written."""
+    if not responses:
+        raise ValueError("no runs to plot")
+    fig = _new_figure(7.0, 6.4)
+    by_index, ranked = fig.subplots(2, 1)
+    for i, r in enumerate(responses):
+        try:
+            plain = model_card(r.model).family.startswith("plain")
+        except UnknownModelError:  # drawn as a residual net
+            plain = False
+        style = {"color": f"C{i % 10}", "linestyle": "--" if plain else "-", "linewidth": 1.4}
+        layers = range(1, len(r.std) + 1)
+        by_index.plot(layers, r.std, label=r.name, **style)
+        ranked.plot(layers, r.ranked(), label=r.name, **style)
+    by_index.set_xlabel("layer index (original order)")
+    ranked.set_xlabel("index (sorted by magnitude)")
+    for ax in (by_index, ranked):
+        ax.set_ylabel("std")
+        ax.set_xlim(left=0)
+        ax.set_ylim(bottom=0)
+        ax.grid(True, alpha=0.3)
+    by_index.legend(fontsize=8, loc="upper right")
+    n = responses[0].images
+    fig.suptitle(
+        (title or "layer responses")
+        + f"\nstd of each 3x3 layer's output after BN, before ReLU/addition, over {n:,} images",
+        fontsize=10,
+    )
+    fig.tight_layout()
+    return fig
+
+
 # -- the `cnnlab visualize` commands ---------------------------------------------------------
 
 
@@ -576,3 +631,29 @@ def draw_curves(run_dirs: Sequence[str | Path], out: str | Path, title: str = ""
     if not run_dirs:
         raise ValueError("name at least one run folder")
     return plot_curves([read_run(d) for d in run_dirs], out, title)
+
+
+def draw_responses(
+    runs: Sequence[str | Path],
+    data: str | Path,
+    out: str | Path,
+    *,
+    split: str = "test",
+    limit: int | None = RESPONSE_IMAGES,
+    title: str = "",
+) -> Path:
+    """`cnnlab visualize responses`: He et al. 2015's Fig. 7 for run folders (or checkpoints):
+    the std of each 3x3 layer's response over `limit` images of the split (spread evenly
+    over it), each run named by its config.json's model and options."""
+    from cnnlab.data import DataError, load_dataset
+
+    if not runs:
+        raise ValueError("name at least one run folder")
+    try:
+        dataset = load_dataset(data, split)
+    except DataError as e:  # a user's error: one line from the command line
+        raise ValueError(str(e)) from None
+    images = dataset.images[spread_subset(len(dataset), limit)]
+    responses = run_responses(runs, images)
+    title = title or f"layer responses on {Path(str(data)).name} {split} images"
+    return plot_responses(responses, out, title)
