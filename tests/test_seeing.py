@@ -156,6 +156,20 @@ def test_rules_are_undone_and_refused_when_unknown() -> None:
     with pytest.raises(ValueError, match="deconvnet, guided, saliency"), backward_rule(net, "x"):
         pass
 
+    class Functional(nn.Module):  # a ReLU no module swap can reach
+        def __init__(self) -> None:
+            super().__init__()
+            self.conv1 = nn.Conv2d(3, 2, 3)
+            self.conv2 = nn.Conv2d(2, 2, 3)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.conv2(F.relu(self.conv1(x)))
+
+    x = torch.randn(1, 3, 8, 8)
+    with pytest.raises(ValueError, match="the guided projection swaps nn.ReLU"):
+        project(Functional(), x, "conv2", channel=0, method="guided")
+    project(Functional(), x, "conv2", channel=0, method="saliency")  # the plain gradient: fine
+
 
 # -- without max pooling ---------------------------------------------------------------------
 

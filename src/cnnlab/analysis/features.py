@@ -583,7 +583,8 @@ _FUNCTIONAL_RELU = {F.relu, F.relu_, torch.relu, torch.relu_, Tensor.relu, Tenso
 
 
 class _NoFunctionalReLU(TorchFunctionMode):
-    """Refuses a ReLU called as a function: the deconvnet could not rectify it."""
+    """Refuses a ReLU called as a function: the deconvnet (or guided backpropagation) could
+    not change its backward pass."""
 
     def __init__(self, method: str = "deconvnet") -> None:
         super().__init__()
@@ -593,7 +594,8 @@ class _NoFunctionalReLU(TorchFunctionMode):
         if func in _FUNCTIONAL_RELU:
             raise ValueError(
                 "the network applies a ReLU as a function, not as an nn.ReLU module; the "
-                f"{self.method} swaps nn.ReLU modules and cannot change its backward pass"
+                f"{self.method} projection swaps nn.ReLU modules and cannot change its backward "
+                "pass (the plain gradient, method saliency, needs no swap)"
             )
         return func(*args, **(kwargs or {}))
 

@@ -462,7 +462,7 @@ def responses_figure(responses: Sequence[LayerResponses], title: str = "") -> Fi
         ax.set_xlim(left=0)
         ax.set_ylim(bottom=0)
         ax.grid(True, alpha=0.3)
-    by_index.legend(fontsize=8, loc="upper right")
+    ranked.legend(fontsize=8, loc="upper right")  # sorted curves fall: that corner is free
     n = responses[0].images
     fig.suptitle(
         (title or "layer responses")
