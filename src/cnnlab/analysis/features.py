@@ -75,8 +75,8 @@ from cnnlab.models.registry import create_model, list_models, model_card
 __all__ = [
     "IMAGENET_MEAN",
     "IMAGENET_STD",
-    "ChannelProjections",
     "METHODS",
+    "ChannelProjections",
     "DeconvReLU",
     "GuidedReLU",
     "Network",
