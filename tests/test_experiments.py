@@ -58,7 +58,7 @@ TINY = Experiment(
         Claim("resnet32", "lower", "resnet20-A", "test", "the gain from depth", "Table 6"),
         Claim("resnet999", "lower", "resnet32", "test", "the gain from more depth", "nowhere"),
     ),
-    figures=("curves", "depth"),
+    figures=("curves", "depth", "responses"),
 )
 RUN_NAMES = ["plain20", "resnet20-A", "resnet20-B", "resnet32", "resnet999"]
 
@@ -268,11 +268,13 @@ def test_runs_report_and_figures(finished: Path) -> None:
     assert "trained on the CPU" in text and "torch " in text
     assert "- resnet32 ended with " in text  # a finding computed from the numbers
     assert "resnet999 is not registered" in text
-    for name in ("curves.png", "error-vs-depth.png"):
+    for name in ("curves.png", "error-vs-depth.png", "responses.png"):
         assert f"]({name})" in text  # a relative link: the folder can be copied whole
         with Image.open(finished / name) as im:
             im.verify()
             assert im.format == "PNG" and im.size[0] > 300
+    assert "on 10 test images, by layer index and sorted" in text
+    assert "each line the mean over the run's finished seeds" in text
 
 
 def test_rerun_skips_ended_runs(

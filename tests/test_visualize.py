@@ -188,6 +188,12 @@ def test_stages() -> None:
     out = stage_outputs(net, torch.randn(1, 3, 32, 32))
     assert [tuple(t.shape) for t in out.values()] == [(1, 16, 32, 32), (1, 32, 16, 16),
                                                      (1, 64, 8, 8)]  # fmt: skip
+    # A layer followed by an in-place ReLU: its output as it was, negatives and all.
+    net = nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU(inplace=True))
+    x = torch.randn(2, 3, 8, 8)
+    out = stage_outputs(net, x, ["0"])["0"]
+    assert (out < 0).any()
+    torch.testing.assert_close(out, net[0](x).detach())
 
 
 # -- the command line ------------------------------------------------------------------------

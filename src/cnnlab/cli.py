@@ -3,7 +3,7 @@
 cnnlab models [PATTERN]
 cnnlab summary MODEL [--input-size N] [-O KEY=VALUE ...] [--json]
 cnnlab compare SPEC SPEC ... [--input-size N] [--json]
-cnnlab visualize filters|activations|deconv|curves ...
+cnnlab visualize filters|activations|deconv|responses|curves ...
 cnnlab experiment degradation|depth|shortcuts --out DIR [--budget F] [--seeds N]
 cnnlab export CHECKPOINT_OR_MODEL --format onnx|torchscript --out FILE [--fold-bn]
 """
@@ -17,6 +17,8 @@ from collections.abc import Sequence
 
 from cnnlab.analysis.comparison import compare
 from cnnlab.analysis.complexity import profile
+from cnnlab.analysis.features import METHODS
+from cnnlab.analysis.responses import RESPONSE_IMAGES
 from cnnlab.analysis.tables import models_table
 from cnnlab.models.registry import UnknownModelError, list_models
 from cnnlab.options import parse_options
@@ -119,8 +121,12 @@ def _cmd_visualize(args: argparse.Namespace) -> int:
         path = plots.draw_deconv(
             args.checkpoint, args.data or "cifar10", args.out, layer=args.layer,
             channels=args.channels, split=args.split, limit=args.limit or None, top=args.top,
-            weights=args.weights,
-            images=args.images,
+            weights=args.weights, images=args.images, methods=args.method,
+        )  # fmt: skip
+    elif args.figure == "responses":
+        path = plots.draw_responses(
+            args.runs, args.data, args.out, split=args.split, limit=args.limit or None,
+            title=args.title,
         )  # fmt: skip
     else:
         path = plots.draw_curves(args.runs, args.out, args.title)
@@ -280,7 +286,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_cmd_predict)
 
     # -- cnnlab visualize: figures of what a network sees (cnnlab.analysis.plots) --
-    p = sub.add_parser("visualize", help="PNG figures: filters, activations, deconvnet, curves")
+    p = sub.add_parser(
+        "visualize", help="PNG figures: filters, activations, deconvnet, responses, curves"
+    )
     vis = p.add_subparsers(dest="figure", required=True, metavar="FIGURE")
     net_help = "a checkpoint, a run folder, or a model name (random weights, or --weights)"
     vis_weights_help = WEIGHTS_HELP + "; images then go in as torchvision's transforms for them"
@@ -298,11 +306,11 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument("--out", default="activations.png", help="PNG file (default: activations.png)")
     v = vis.add_parser(
         "deconv",
-        help="Zeiler & Fergus's deconvnet: top images per channel",
+        help="deconvnet, guided backprop or gradient: top images per channel",
         description="For each channel, the images (of --data, or your own --images) that "
-        "excite it most, the deconvnet projection of that unit to pixel space, and the image "
+        "excite it most, the projection of that unit to pixel space (--method), and the image "
         "patch under its receptive field. Example: cnnlab visualize deconv alexnet --weights "
-        "IMAGENET1K_V1 --layer conv5 --images photos/",
+        "IMAGENET1K_V1 --layer conv5 --images photos/ --method deconvnet guided",
     )
     v.add_argument("checkpoint", metavar="CHECKPOINT|MODEL", help=net_help)
     v.add_argument("--weights", metavar="NAME", help=vis_weights_help)
@@ -322,7 +330,30 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument("--limit", type=int, default=2000,
                    help="images of --data searched, spread over the split (0: all)")  # fmt: skip
     v.add_argument("--top", type=int, default=9, help="images per channel (default: 9)")
+    v.add_argument("--method", nargs="+", choices=METHODS, default=["deconvnet"],
+                   help="projection to pixel space: deconvnet (default; Zeiler & Fergus), "
+                   "guided (guided backpropagation, Springenberg et al. 2015: also gated by the "
+                   "image's own ReLU pattern, so it sees the image without max pooling), "
+                   "saliency (the plain gradient); several: side by side")  # fmt: skip
     v.add_argument("--out", default="deconv.png", help="PNG file (default: deconv.png)")
+    v = vis.add_parser(
+        "responses",
+        help="std of each 3x3 layer's response, by layer and sorted (He et al. 2015, Fig. 7)",
+        description="For each run, the standard deviation of each 3x3 layer's response (after "
+        "batch norm, before the ReLU or the addition) over images of --data: per channel over "
+        "the images and positions, averaged over the layer's channels. Two panels, by layer "
+        "index and sorted, one line per run. Example: cnnlab visualize responses runs/plain20 "
+        "runs/resnet20 runs/resnet56 --data cifar10",
+    )
+    v.add_argument("runs", nargs="+", metavar="RUN",
+                   help="run folders or checkpoints of conv-BN nets (plain, ResNet)")  # fmt: skip
+    v.add_argument("--data", default="cifar10", help="cifar10 (default), cifar100 or a path")
+    v.add_argument("--split", default="test", help="split of --data (default: test)")
+    v.add_argument("--limit", type=int, default=RESPONSE_IMAGES,
+                   help=f"images of --data, spread over the split (default: {RESPONSE_IMAGES}; "
+                   "0: all)")  # fmt: skip
+    v.add_argument("--title", default="", help="figure title")
+    v.add_argument("--out", default="responses.png", help="PNG file (default: responses.png)")
     v = vis.add_parser("curves", help="training (dashed) and test (bold) error of runs")
     v.add_argument("runs", nargs="+", metavar="RUN_DIR", help="run folders (metrics.jsonl)")
     v.add_argument("--title", default="", help="figure title")

@@ -1,4 +1,5 @@
-"""What a network sees: first-layer filters, stage activations, and Zeiler and Fergus's deconvnet.
+"""What a network sees: first-layer filters, stage activations, and projections of single
+units back to pixel space (the deconvnet, guided backpropagation, the plain gradient).
 
 Zeiler and Fergus 2013 ("Visualizing and Understanding Convolutional Networks",
 arXiv:1311.2901, section 2.1 and Fig. 1) project one activation back to pixel space by running
@@ -15,11 +16,28 @@ the network's layers in reverse, each undone by its "deconvnet" counterpart:
 
 so the projection of a unit is the gradient of that unit with respect to the input, with each
 ReLU's backward replaced by "rectify what comes down", whatever the forward pass let through
-(Springenberg et al. 2014, arXiv:1412.6806, section 3.4, state the same equivalence).
-`deconvnet(model)` swaps the model's `nn.ReLU` modules for such ReLUs for the duration of a
-`with` block and restores them after; the model files are never edited.
+(Springenberg et al. 2015, arXiv:1412.6806, section 3.4, state the same equivalence).
 
-Choices the paper leaves open, for the networks it did not have:
+The three methods differ only at the ReLUs (Springenberg et al. 2015, section 3.4 and Fig. 1);
+max pooling routes to its switches and convolutions use their transposed filters in all three:
+
+    method      what a ReLU lets down                                    module
+    deconvnet   where the signal coming down is positive                  DeconvReLU
+    guided      where that signal and the ReLU's input going up are both  GuidedReLU
+                positive (guided backpropagation)
+    saliency    where the ReLU's input going up was positive: the plain   nn.ReLU, unchanged
+                gradient (Simonyan et al. 2014, arXiv:1312.6034)
+
+Without max pooling (the CIFAR ResNets) the deconvnet never looks at the image: every step
+down is the same linear map, then a rectification, for any input, so the projections of a
+channel's units at one position are the same picture, scaled by the activation. Guided
+backpropagation and the gradient are gated by the image's own ReLU pattern and differ from
+image to image. `backward_rule(model, method)` swaps the model's `nn.ReLU` modules for the
+method's for the duration of a `with` block and restores them after (`deconvnet(model)` and
+`guided_backprop(model)` name two of them); the model files are never edited.
+
+Choices the paper leaves open, for the networks it did not have (they hold for all three
+methods):
 - Batch norm (ResNets), in eval mode, is a per-channel affine map; its backward is the same
   map's transpose (a per-channel scale), the natural deconvnet step.
 - Local response normalisation ("contrast normalisation", ZFNet and AlexNet) is passed
@@ -29,7 +47,8 @@ Choices the paper leaves open, for the networks it did not have:
 
 Only one unit is projected: the channel's largest activation in that image, all others zero
 (section 2.1, "to examine a given convnet activation, we set all other activations in the
-layer to zero").
+layer to zero"). Every method starts from that activation's value, so the three are on one
+scale and the gradient's projection is activation x d(unit)/d(input).
 
 The image patches next to the projections are the unit's receptive field: the box of input
 pixels that can reach it, measured on a copy of the network made positive and linear
@@ -56,15 +75,20 @@ from cnnlab.models.registry import create_model, list_models, model_card
 __all__ = [
     "IMAGENET_MEAN",
     "IMAGENET_STD",
+    "METHODS",
     "ChannelProjections",
     "DeconvReLU",
+    "GuidedReLU",
     "Network",
     "TopUnit",
+    "backward_rule",
+    "check_method",
     "deconv_top_images",
     "deconvnet",
     "default_stages",
     "describe_layers",
     "first_conv",
+    "guided_backprop",
     "kernel_images",
     "layer_names",
     "load_image",
@@ -447,14 +471,16 @@ def stage_outputs(
     if not layers:
         raise ValueError(f"no stages found in {type(model).__name__}; name the layers")
     outputs: dict[str, Tensor] = {}
+
+    def keep(name: str, output: Tensor) -> None:
+        # Returns None: a hook's return value would replace the output, and an in-place op
+        # after the layer (a ReLU) would then change the copy kept here.
+        outputs.setdefault(name, output.detach().clone())
+
     handles = []
     for name in layers:
         module = model.get_submodule(name)
-        handles.append(
-            module.register_forward_hook(
-                lambda _m, _i, o, name=name: outputs.setdefault(name, o.detach().clone())
-            )
-        )
+        handles.append(module.register_forward_hook(lambda _m, _i, o, name=name: keep(name, o)))
     try:
         with torch.no_grad(), _eval(model):
             model(x)
@@ -474,7 +500,10 @@ def _eval(model: nn.Module) -> Iterator[None]:
         model.train(was_training)
 
 
-# -- the deconvnet ---------------------------------------------------------------------------
+# -- the deconvnet, guided backpropagation and the gradient ---------------------------------
+
+# Projection methods: what a ReLU lets down (see the module docstring).
+METHODS = ("deconvnet", "guided", "saliency")
 
 
 class _RectifiedBackward(torch.autograd.Function):
@@ -489,11 +518,42 @@ class _RectifiedBackward(torch.autograd.Function):
         return grad_output.clamp(min=0)
 
 
+class _GuidedBackward(torch.autograd.Function):
+    """relu going up; coming down, the signal where both it and the input going up are
+    positive (Springenberg et al. 2015, section 3.4, Fig. 1)."""
+
+    @staticmethod
+    def forward(ctx: torch.autograd.function.FunctionCtx, x: Tensor) -> Tensor:
+        # The mask, not the output: a later in-place op on the output cannot change it.
+        ctx.save_for_backward(x > 0)
+        return x.clamp(min=0)
+
+    @staticmethod
+    def backward(ctx: torch.autograd.function.FunctionCtx, grad_output: Tensor) -> Tensor:
+        (positive,) = ctx.saved_tensors
+        return grad_output.clamp(min=0) * positive
+
+
 class DeconvReLU(nn.Module):
     """A ReLU whose backward pass is the deconvnet's rectification (never in place)."""
 
     def forward(self, x: Tensor) -> Tensor:
         return _RectifiedBackward.apply(x)
+
+
+class GuidedReLU(nn.Module):
+    """A ReLU whose backward pass is guided backpropagation's (never in place)."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        return _GuidedBackward.apply(x)
+
+
+# The ReLU each method puts in place of nn.ReLU; None: the ReLU stays (the plain gradient).
+_RELUS: dict[str, type[nn.Module] | None] = {
+    "deconvnet": DeconvReLU,
+    "guided": GuidedReLU,
+    "saliency": None,
+}
 
 
 def _set_submodule(model: nn.Module, path: str, module: nn.Module) -> None:
@@ -523,36 +583,82 @@ _FUNCTIONAL_RELU = {F.relu, F.relu_, torch.relu, torch.relu_, Tensor.relu, Tenso
 
 
 class _NoFunctionalReLU(TorchFunctionMode):
-    """Refuses a ReLU called as a function: the deconvnet could not rectify it."""
+    """Refuses a ReLU called as a function: the deconvnet (or guided backpropagation) could
+    not change its backward pass."""
+
+    def __init__(self, method: str = "deconvnet") -> None:
+        super().__init__()
+        self.method = method
 
     def __torch_function__(self, func, types, args=(), kwargs=None):  # noqa: ANN001
         if func in _FUNCTIONAL_RELU:
             raise ValueError(
                 "the network applies a ReLU as a function, not as an nn.ReLU module; the "
-                "deconvnet swaps nn.ReLU modules and cannot rectify it"
+                f"{self.method} projection swaps nn.ReLU modules and cannot change its backward "
+                "pass (the plain gradient, method saliency, needs no swap)"
             )
         return func(*args, **(kwargs or {}))
 
 
-@contextlib.contextmanager
-def deconvnet(model: nn.Module) -> Iterator[nn.Module]:
-    """Within the block, the model's backward pass is Zeiler and Fergus's deconvnet.
-
-    Every `nn.ReLU` module (in place or not) is swapped for a `DeconvReLU`; the forward values
-    are unchanged. The model is put in eval mode (batch norm as an affine map, no dropout). On
-    exit the original modules and mode are restored.
+def check_method(method: str) -> str:
+    """`method` if it is one of METHODS.
 
     Raises:
-        ValueError: (inside the block) the model calls relu as a function.
+        ValueError: another name; the message lists them.
     """
-    with _eval(model), _swapped(model, {nn.ReLU: lambda _m: DeconvReLU()}), _NoFunctionalReLU():
+    if method not in METHODS:
+        raise ValueError(f"unknown projection method {method!r}; choose from {', '.join(METHODS)}")
+    return method
+
+
+@contextlib.contextmanager
+def backward_rule(model: nn.Module, method: str = "deconvnet") -> Iterator[nn.Module]:
+    """Within the block, the model's backward pass projects to pixel space by `method`.
+
+    "deconvnet" and "guided" swap every `nn.ReLU` module (in place or not) for a `DeconvReLU`
+    or a `GuidedReLU`; "saliency" leaves the ReLUs alone (the plain gradient). The forward
+    values are unchanged. The model is put in eval mode (batch norm as an affine map, no
+    dropout). On exit the original modules and mode are restored.
+
+    Raises:
+        ValueError: an unknown method; (inside the block, deconvnet and guided) the model
+            calls relu as a function.
+    """
+    relu = _RELUS[check_method(method)]
+    if relu is None:
+        with _eval(model):
+            yield model
+        return
+    with _eval(model), _swapped(model, {nn.ReLU: lambda _m: relu()}), _NoFunctionalReLU(method):
+        yield model
+
+
+@contextlib.contextmanager
+def deconvnet(model: nn.Module) -> Iterator[nn.Module]:
+    """Within the block, the model's backward pass is Zeiler and Fergus's deconvnet
+    (`backward_rule(model, "deconvnet")`)."""
+    with backward_rule(model, "deconvnet"):
+        yield model
+
+
+@contextlib.contextmanager
+def guided_backprop(model: nn.Module) -> Iterator[nn.Module]:
+    """Within the block, the model's backward pass is Springenberg et al.'s guided
+    backpropagation (`backward_rule(model, "guided")`)."""
+    with backward_rule(model, "guided"):
         yield model
 
 
 def project(
-    model: nn.Module, x: Tensor, layer: str, channel: int, positions: Tensor | None = None
+    model: nn.Module,
+    x: Tensor,
+    layer: str,
+    channel: int,
+    positions: Tensor | None = None,
+    *,
+    method: str = "deconvnet",
 ) -> tuple[Tensor, Tensor, Tensor]:
-    """Deconvnet projections to pixel space of one unit per image.
+    """Projections to pixel space of one unit per image.
 
     Args:
         model: the network.
@@ -561,12 +667,15 @@ def project(
         channel: the feature map.
         positions: N x 2 (row, col) of the unit to project in each image; default the
             channel's largest activation in that image (ZF section 2.1).
+        method: "deconvnet" (Zeiler and Fergus), "guided" (guided backpropagation) or
+            "saliency" (the plain gradient); see the module docstring. Each starts from the
+            unit's activation, all other units of the layer zero.
 
     Returns:
         (projections N x 3 x H x W, the units' activations N, their positions N x 2).
     """
     x = x.detach().clone().requires_grad_(True)
-    with deconvnet(model), torch.enable_grad():
+    with backward_rule(model, method), torch.enable_grad():
         out = _forward_to(model, x, layer)
         if out.dim() != 4:
             raise ValueError(f"layer {layer!r} gives {tuple(out.shape)} outputs, not maps")
@@ -689,7 +798,12 @@ class TopUnit:
     position: tuple[int, int]  # (row, col) in the layer's map
     box: tuple[int, int, int, int]  # receptive field: top, left, bottom, right (exclusive)
     image: Tensor  # uint8 3 x H x W, the image as the network saw it (resized)
-    projection: Tensor  # float 3 x H x W, the deconvnet projection
+    projections: dict[str, Tensor]  # method -> float 3 x H x W projection, in the order asked
+
+    @property
+    def projection(self) -> Tensor:
+        """The projection by the first (or only) method."""
+        return next(iter(self.projections.values()))
 
 
 @dataclass(frozen=True, eq=False)
@@ -700,6 +814,7 @@ class ChannelProjections:
     channel: int
     map_size: tuple[int, int]
     units: tuple[TopUnit, ...]
+    methods: tuple[str, ...] = ("deconvnet",)  # the projections' methods
 
 
 @torch.inference_mode()
@@ -730,11 +845,12 @@ def deconv_top_images(
     strongest: int = 4,
     batch_size: int = 50,
     prepared: bool = False,
+    methods: Sequence[str] = ("deconvnet",),
 ) -> list[ChannelProjections]:
     """Zeiler and Fergus's Fig. 2 for some channels of a layer.
 
     For each channel: the `top` images whose largest activation in that channel is highest,
-    that activation's deconvnet projection to pixel space, and its receptive field.
+    that activation's projection to pixel space by each of `methods`, and its receptive field.
 
     Args:
         net: the network (`load_network`).
@@ -748,10 +864,16 @@ def deconv_top_images(
         batch_size: images per forward pass of the search.
         prepared: the images are already as the network sees them (`net.prepare` of each,
             e.g. photos of mixed sizes prepared one by one), and are not prepared again.
+        methods: "deconvnet", "guided", "saliency" (see the module docstring): one, or
+            several to compare on the same units.
 
     Raises:
-        ValueError: unknown layer, a layer without feature maps, a channel out of range.
+        ValueError: unknown layer, a layer without feature maps, a channel out of range, an
+            unknown or repeated method.
     """
+    methods = tuple(check_method(m) for m in methods)
+    if not methods or len(set(methods)) != len(methods):
+        raise ValueError(f"name one or more different methods, got {methods}")
     model = net.model.eval()
     layer = resolve_layer(model, layer, net.image_size[0])
     if images.shape[0] == 0:
@@ -784,20 +906,22 @@ def deconv_top_images(
     results = []
     for ch, best, positions in chosen:
         pixels = seen(best)
-        proj, act, _ = project(model, net.normalize(pixels), layer, ch, positions)
+        x = net.normalize(pixels)
+        projected = {m: project(model, x, layer, ch, positions, method=m) for m in methods}
+        act = projected[methods[0]][1]
         units = tuple(
             TopUnit(
                 index=int(i),
                 label=str(classes[int(labels[i])]),
-                activation=float(a),
+                activation=float(act[k]),
                 position=(int(p[0]), int(p[1])),
                 box=boxes[(int(p[0]), int(p[1]))],
-                image=img,
-                projection=pr,
+                image=pixels[k],
+                projections={m: projected[m][0][k] for m in methods},
             )
-            for i, a, p, img, pr in zip(best.tolist(), act, positions, pixels, proj, strict=True)
+            for k, (i, p) in enumerate(zip(best.tolist(), positions, strict=True))
         )
-        results.append(ChannelProjections(layer, int(ch), (h, w), units))
+        results.append(ChannelProjections(layer, int(ch), (h, w), units, methods))
     return results
 
 

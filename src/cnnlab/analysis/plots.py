@@ -7,9 +7,13 @@ shown and of which network, axes are labelled, panels carry class names, curves 
     plot_filters       first-layer kernels as RGB images (Krizhevsky et al. 2012, Fig. 3)
     plot_activations   the first maps of each stage for one image
     plot_deconv        top images of some channels: projections beside the image patches
-                       (Zeiler and Fergus 2013, Fig. 2)
+                       (Zeiler and Fergus 2013, Fig. 2); with several methods (deconvnet,
+                       guided backpropagation, gradient), the same units side by side
+                       (Springenberg et al. 2015, Fig. 1)
     plot_curves        training (dashed) and test (bold) error against iterations for several
                        runs (He et al. 2015, Fig. 1 and Fig. 6)
+    plot_responses     the std of each 3x3 layer's response, by layer index and sorted, for
+                       several runs (He et al. 2015, Fig. 7)
 """
 
 from __future__ import annotations
@@ -22,6 +26,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
@@ -31,6 +36,7 @@ from torch import Tensor
 from cnnlab.analysis.features import (
     ChannelProjections,
     Network,
+    check_method,
     deconv_top_images,
     describe_layers,
     first_conv,
@@ -42,6 +48,8 @@ from cnnlab.analysis.features import (
     spread_subset,
     stage_outputs,
 )
+from cnnlab.analysis.responses import RESPONSE_IMAGES, LayerResponses, run_responses
+from cnnlab.models.registry import UnknownModelError, model_card
 
 __all__ = [
     "RunCurves",
@@ -50,14 +58,25 @@ __all__ = [
     "draw_curves",
     "draw_deconv",
     "draw_filters",
+    "draw_responses",
     "plot_activations",
     "plot_curves",
     "plot_deconv",
     "plot_filters",
+    "plot_responses",
+    "responses_figure",
     "read_run",
 ]
 
 DPI = 110
+
+# How figures name the projection methods of `features.METHODS`: in titles, and beside panels.
+METHOD_TITLES = {
+    "deconvnet": "deconvnet (Zeiler & Fergus 2013, Fig. 2)",
+    "guided": "guided backpropagation (Springenberg et al. 2015)",
+    "saliency": "saliency, the plain gradient (Simonyan et al. 2014)",
+}
+METHOD_LABELS = {"deconvnet": "deconvnet", "guided": "guided backprop", "saliency": "gradient"}
 
 
 def _new_figure(width: float, height: float) -> Figure:
@@ -194,6 +213,10 @@ def plot_deconv(
     """Zeiler and Fergus's Fig. 2: per channel, the projections of its top units beside the
     image patches under their receptive fields.
 
+    With one projection method, a grid of projections beside a grid of patches; with several
+    (`deconv_top_images(methods=...)`), one column per unit: its patch, then its projection by
+    each method, one row each (Springenberg et al. 2015, Fig. 1, compare them so).
+
     Args:
         results: from `features.deconv_top_images`.
         path: the PNG file to write.
@@ -203,6 +226,9 @@ def plot_deconv(
     """
     if not results:
         raise ValueError("no channels to draw")
+    methods = results[0].methods
+    if len(methods) > 1:
+        return _plot_methods(results, path, title, layer_label=layer_label)
     per = max(len(r.units) for r in results)
     grid = _grid(per)
     width = 2 * grid[1] * 1.3 + 0.6
@@ -222,7 +248,9 @@ def plot_deconv(
             y=0.99,
         )
         left, right = block.subfigures(1, 2, wspace=0.04)
-        left.suptitle("deconvnet projections (grey = 0), activation", fontsize=8, y=0.9)
+        left.suptitle(
+            f"{METHOD_LABELS[methods[0]]} projections (grey = 0), activation", fontsize=8, y=0.9
+        )
         right.suptitle(f"image patches (receptive field), {patch_label}", fontsize=8, y=0.9)
         for side, show_patch in ((left, False), (right, True)):
             axes = side.subplots(*grid, squeeze=False).flat
@@ -242,6 +270,51 @@ def plot_deconv(
                     ax.set_xlabel(f"{u.activation:.3g}", fontsize=7, labelpad=1)
             side.subplots_adjust(left=0.03, right=0.97, bottom=0.06, top=0.8, wspace=0.1,
                                  hspace=0.35)  # fmt: skip
+    return _save(fig, path)
+
+
+def _plot_methods(
+    results: Sequence[ChannelProjections], path: str | Path, title: str, *, layer_label: str
+) -> Path:
+    """`plot_deconv` for several methods: per channel, a column per unit (its image patch,
+    then a row per method)."""
+    methods = results[0].methods
+    per = max(len(r.units) for r in results)
+    side = 1.0  # inches per panel
+    width = per * side + 1.4  # and the row labels
+    title = "\n".join(textwrap.fill(line, int(width * 11)) for line in title.split("\n"))
+    block_height = (1 + len(methods)) * side + 0.9
+    heights = [0.3 * (title.count("\n") + 1) + 0.3] + [block_height] * len(results)
+    fig = _new_figure(width, sum(heights))
+    rows = fig.subfigures(len(heights), 1, height_ratios=heights, squeeze=False)[:, 0]
+    rows[0].text(0.5, 0.5, title, ha="center", va="center", fontsize=10)
+    labels = ["image patch"] + [METHOD_LABELS[m] for m in methods]
+    for block, res in zip(rows[1:], results, strict=True):
+        h, w = res.map_size
+        block.suptitle(
+            f"{layer_label or res.layer}, channel {res.channel} ({h}x{w} map): its "
+            f"{len(res.units)} strongest units (projections: grey = 0)",
+            fontsize=10,
+            y=0.99,
+        )
+        axes = block.subplots(len(labels), per, squeeze=False)
+        for (i, j), ax in np.ndenumerate(axes):
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if j == 0:
+                ax.set_ylabel(labels[i], fontsize=8)
+            if j >= len(res.units):
+                ax.set_axis_off()
+                continue
+            u = res.units[j]
+            if i == 0:
+                ax.imshow(_hwc(_crop(u.image, u.box)).numpy(), interpolation="nearest")
+                ax.set_title(f"{u.label}, {u.activation:.3g}", fontsize=7, pad=2)
+            else:
+                crop = _signed_to_unit(_crop(u.projections[methods[i - 1]], u.box))
+                ax.imshow(_hwc(crop).numpy(), interpolation="nearest")
+        block.subplots_adjust(left=1.2 / width, right=0.99, bottom=0.02,
+                              top=1 - 0.7 / block_height, wspace=0.08, hspace=0.08)  # fmt: skip
     return _save(fig, path)
 
 
@@ -352,6 +425,54 @@ def curves_figure(runs: Sequence[RunCurves], title: str = "") -> Figure:
     return fig
 
 
+# -- layer responses ---------------------------------------------------------------------------
+
+
+def plot_responses(responses: Sequence[LayerResponses], path: str | Path, title: str = "") -> Path:
+    """The std of each 3x3 layer's response for several runs, as the ResNet paper's Fig. 7:
+    by layer index (top) and sorted in descending order (bottom).
+
+    Args:
+        responses: from `responses.run_responses`, one colour each; plain networks dashed.
+        path: the PNG file to write.
+        title: default "layer responses".
+    """
+    return _save(responses_figure(responses, title), path)
+
+
+def responses_figure(responses: Sequence[LayerResponses], title: str = "") -> Figure:
+    """The figure of `plot_responses`, not yet written."""
+    if not responses:
+        raise ValueError("no runs to plot")
+    fig = _new_figure(7.0, 6.4)
+    by_index, ranked = fig.subplots(2, 1)
+    for i, r in enumerate(responses):
+        try:
+            plain = model_card(r.model).family.startswith("plain")
+        except UnknownModelError:  # drawn as a residual net
+            plain = False
+        style = {"color": f"C{i % 10}", "linestyle": "--" if plain else "-", "linewidth": 1.4}
+        layers = range(1, len(r.std) + 1)
+        by_index.plot(layers, r.std, label=r.name, **style)
+        ranked.plot(layers, r.ranked(), label=r.name, **style)
+    by_index.set_xlabel("layer index (original order)")
+    ranked.set_xlabel("index (sorted by magnitude)")
+    for ax in (by_index, ranked):
+        ax.set_ylabel("std")
+        ax.set_xlim(left=0)
+        ax.set_ylim(bottom=0)
+        ax.grid(True, alpha=0.3)
+    ranked.legend(fontsize=8, loc="upper right")  # sorted curves fall: that corner is free
+    n = responses[0].images
+    fig.suptitle(
+        (title or "layer responses")
+        + f"\nstd of each 3x3 layer's output after BN, before ReLU/addition, over {n:,} images",
+        fontsize=10,
+    )
+    fig.tight_layout()
+    return fig
+
+
 # -- the `cnnlab visualize` commands ---------------------------------------------------------
 
 
@@ -416,20 +537,25 @@ def draw_deconv(
     top: int = 9,
     weights: str | None = None,
     images: Sequence[str | Path] | None = None,
+    methods: Sequence[str] = ("deconvnet",),
 ) -> Path:
     """`cnnlab visualize deconv`: Zeiler and Fergus's Fig. 2 for some channels of a layer.
 
     Searches `limit` images of the split (spread evenly over it) for each channel's `top`
-    activations, then projects each back to pixel space with the deconvnet. With `images`
-    (image files or folders of them, any sizes), searches those instead of `data`: each is
-    prepared on its own as the network takes it (`Network.prepare`; with `weights`, resized
-    and centre-cropped as torchvision's transforms for them do) and labelled by its file name.
+    activations, then projects each back to pixel space by each of `methods` ("deconvnet",
+    "guided", "saliency"; several: side by side). With `images` (image files or folders of
+    them, any sizes), searches those instead of `data`: each is prepared on its own as the
+    network takes it (`Network.prepare`; with `weights`, resized and centre-cropped as
+    torchvision's transforms for them do) and labelled by its file name.
     """
     from cnnlab.data import DataError, load_dataset
 
+    methods = tuple(check_method(m) for m in methods)
     net = load_network(checkpoint, weights)
     if images:
-        return _deconv_photos(net, images, out, layer=layer, channels=channels, top=top)
+        return _deconv_photos(
+            net, images, out, layer=layer, channels=channels, top=top, methods=methods
+        )
     try:
         dataset = load_dataset(data, split)
     except DataError as e:  # a user's error: one line from the command line
@@ -449,10 +575,14 @@ def draw_deconv(
         path,
         channels,
         top=top,
+        methods=methods,
     )
     what = f"top {top} of {len(index):,} {Path(str(data)).name} {split} images per channel"
     return plot_deconv(
-        results, out, _deconv_title(net, what, channels), layer_label=_layer_label(layer, path)
+        results,
+        out,
+        _deconv_title(net, what, channels, methods),
+        layer_label=_layer_label(layer, path),
     )
 
 
@@ -464,15 +594,17 @@ def _deconv_photos(
     layer: str,
     channels: Sequence[int] | None,
     top: int,
+    methods: Sequence[str],
 ) -> Path:
     photos, names = load_images(images)
     pixels = torch.stack([net.prepare(photo[None])[0] for photo in photos])
     path = resolve_layer(net.model, layer, net.image_size[0])
     results = deconv_top_images(
-        net, pixels, torch.arange(len(names)), names, path, channels, top=top, prepared=True
-    )
+        net, pixels, torch.arange(len(names)), names, path, channels, top=top, prepared=True,
+        methods=methods,
+    )  # fmt: skip
     what = f"top {min(top, len(names))} of {len(names)} given images per channel"
-    title = _deconv_title(net, what, channels)
+    title = _deconv_title(net, what, channels, methods)
     return plot_deconv(
         results, out, title, layer_label=_layer_label(layer, path), patch_label="file"
     )
@@ -482,10 +614,11 @@ def _layer_label(layer: str, path: str) -> str:
     return layer if layer == path else f"{layer} ({path})"
 
 
-def _deconv_title(net: Network, what: str, channels: Sequence[int] | None) -> str:
-    title = (
-        f"{_network_title(net.name, net.source)}\ndeconvnet (Zeiler & Fergus 2013, Fig. 2): {what}"
-    )
+def _deconv_title(
+    net: Network, what: str, channels: Sequence[int] | None, methods: Sequence[str]
+) -> str:
+    how = "; ".join(METHOD_TITLES[m] for m in methods)
+    title = f"{_network_title(net.name, net.source)}\n{how}: {what}"
     if channels is None:
         title += "\nthe channels with the largest activations"
     for note in net.notes:
@@ -498,3 +631,29 @@ def draw_curves(run_dirs: Sequence[str | Path], out: str | Path, title: str = ""
     if not run_dirs:
         raise ValueError("name at least one run folder")
     return plot_curves([read_run(d) for d in run_dirs], out, title)
+
+
+def draw_responses(
+    runs: Sequence[str | Path],
+    data: str | Path,
+    out: str | Path,
+    *,
+    split: str = "test",
+    limit: int | None = RESPONSE_IMAGES,
+    title: str = "",
+) -> Path:
+    """`cnnlab visualize responses`: He et al. 2015's Fig. 7 for run folders (or checkpoints):
+    the std of each 3x3 layer's response over `limit` images of the split (spread evenly
+    over it), each run named by its config.json's model and options."""
+    from cnnlab.data import DataError, load_dataset
+
+    if not runs:
+        raise ValueError("name at least one run folder")
+    try:
+        dataset = load_dataset(data, split)
+    except DataError as e:  # a user's error: one line from the command line
+        raise ValueError(str(e)) from None
+    images = dataset.images[spread_subset(len(dataset), limit)]
+    responses = run_responses(runs, images)
+    title = title or f"layer responses on {Path(str(data)).name} {split} images"
+    return plot_responses(responses, out, title)

@@ -40,7 +40,8 @@ __all__ = [
 HE2015 = "He et al. 2015, arXiv:1512.03385"
 HE2016 = "He et al. 2016, arXiv:1603.05027"
 
-FIGURES = ("curves", "depth")  # error curves per panel; final error against depth
+# Error curves per panel; final error against depth; layer responses (He et al. 2015, Fig. 7).
+FIGURES = ("curves", "depth", "responses")
 
 
 @dataclass(frozen=True)
@@ -180,6 +181,7 @@ DEGRADATION = Experiment(
         Claim("resnet56", "lower",  "resnet20", "test",  "the gain from residual depth", TABLE6),
         Claim("resnet56", "lower",  "plain56",  "train", "easier optimisation",          FIG6),
     ),
+    figures=("curves", "responses"),
 )
 
 DEPTH = Experiment(
@@ -199,7 +201,7 @@ DEPTH = Experiment(
         Claim("resnet110", "lower",  "resnet20", "test", "the gain from residual depth", TABLE6),
         Claim("plain56",   "higher", "plain20",  "test", "the degradation problem",      FIG6),
     ),
-    figures=("depth", "curves"),
+    figures=("depth", "curves", "responses"),
     notes=(
         "He et al. 2015 give ResNet-110 as the best of 5 runs (6.43) with their mean "
         "6.61 +- 0.16; the mean is the figure to hold several seeds against.",

@@ -4,6 +4,9 @@
     DIR/curves.png            training (dashed) and test (bold) error, one panel per group of
                               runs, side by side (He et al. 2015, Fig. 6 left and middle)
     DIR/error-vs-depth.png    final error against depth, with the paper's numbers (Table 6)
+    DIR/responses.png         the std of each 3x3 layer's response on the test images, by
+                              layer index and sorted (He et al. 2015, Fig. 7), from the runs'
+                              final checkpoints
 
 Links in report.md are relative, so the folder can be copied elsewhere (docs/results/) whole.
 
@@ -27,11 +30,15 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from PIL import Image
 
-from cnnlab.analysis.plots import DPI, RunCurves, curves_figure, read_run
+from cnnlab.analysis.features import spread_subset
+from cnnlab.analysis.plots import DPI, RunCurves, curves_figure, plot_responses, read_run
+from cnnlab.analysis.responses import RESPONSE_IMAGES, mean_responses, run_responses
+from cnnlab.data import ArrayDataset, load_dataset
 from cnnlab.experiments.definitions import Claim, Experiment, RunSpec
 from cnnlab.models.registry import Reported, list_models
 from cnnlab.train.recipes import Recipe, get_recipe
@@ -44,10 +51,12 @@ __all__ = [
     "Stat",
     "claim_sentence",
     "final_train_error",
+    "fixed_subset",
     "mean_curves",
     "mean_std",
     "plot_depth",
     "plot_panels",
+    "plot_run_responses",
     "run_dir",
     "summarize",
     "write_report",
@@ -73,6 +82,14 @@ class Settings:
 def run_dir(out: str | Path, spec: RunSpec, seed: int) -> Path:
     """The run folder of a seed of a run: DIR/runs/<model>[-<option>]-s<seed>."""
     return Path(out) / "runs" / f"{spec.name}-s{seed}"
+
+
+def fixed_subset(dataset: ArrayDataset, limit: int | None) -> ArrayDataset:
+    """A fixed random subset of `limit` images (the same for every run and seed)."""
+    if limit is None or limit >= len(dataset):
+        return dataset
+    order = torch.randperm(len(dataset), generator=torch.Generator().manual_seed(0))
+    return dataset.subset(order[:limit].sort().values)
 
 
 @dataclass(frozen=True)
@@ -385,8 +402,18 @@ def _paper(row: RunSummary) -> str:
     return row.spec.note or "—"
 
 
-def write_report(exp: Experiment, out: str | Path, settings: Settings) -> Path:
-    """Write DIR/report.md and the figures from the run folders in `out`."""
+def write_report(
+    exp: Experiment,
+    out: str | Path,
+    settings: Settings,
+    *,
+    cache_dir: str | Path | None = None,
+) -> Path:
+    """Write DIR/report.md and the figures from the run folders in `out`.
+
+    The layer responses figure (an experiment's "responses") also reads the test split of
+    `settings.data` (from the dataset cache in `cache_dir`, default cnnlab's).
+    """
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     rows = summarize(exp, out, settings.seeds)
@@ -444,11 +471,11 @@ def write_report(exp: Experiment, out: str | Path, settings: Settings) -> Path:
             "schedule: compare the ordering of the rows and the shape of the curves, not the "
             "numbers, with the paper's.",
         ]
-    figures = _figures(exp, out, rows, settings.seeds)
+    figures, notes = _figures(exp, out, rows, settings, cache_dir)
     if figures:
         lines += ["", "## Figures", ""]
         lines += [f"![{caption}]({path.name})\n\n{caption}\n" for path, caption in figures]
-    notes = list(exp.notes)
+    notes = list(exp.notes) + notes
     for r in rows:
         if not r.registered:
             paper = f" (paper: {_paper(r)})" if r.paper else ""
@@ -461,10 +488,16 @@ def write_report(exp: Experiment, out: str | Path, settings: Settings) -> Path:
 
 
 def _figures(
-    exp: Experiment, out: Path, rows: Sequence[RunSummary], seeds: int
-) -> list[tuple[Path, str]]:
+    exp: Experiment,
+    out: Path,
+    rows: Sequence[RunSummary],
+    settings: Settings,
+    cache_dir: str | Path | None,
+) -> tuple[list[tuple[Path, str]], list[str]]:
+    """The figures made (path, caption), and notes on those that could not be."""
     by_name = {r.spec.name: r for r in rows}
-    made = []
+    made, notes = [], []
+    seeds = settings.seeds
     mean = f", mean of {seeds} seeds" if seeds > 1 else ""
     for figure in exp.figures:
         if figure == "curves":
@@ -481,4 +514,70 @@ def _figures(
             path = plot_depth(rows, out / "error-vs-depth.png", title)
             made.append((path, "Final test (bold) and training (dashed) error against depth; "
                                "open markers: the paper's test error."))  # fmt: skip
-    return made
+        elif figure == "responses":
+            try:
+                found = plot_run_responses(exp, out, settings, cache_dir=cache_dir)
+            except (ValueError, OSError) as e:  # unreadable data or checkpoint: say so
+                notes.append(f"The layer responses (Fig. 7) could not be drawn: {e}")
+                continue
+            if found is not None:
+                path, images = found
+                per = ", each line the mean over the run's finished seeds" if seeds > 1 else ""
+                made.append((path, "Standard deviation of each 3x3 layer's response (after BN, "
+                                   "before ReLU and addition) on "
+                                   f"{images:,} test images, by layer index and sorted, as in "
+                                   f"He et al. 2015, Fig. 7 (final weights{per}); plain nets "
+                                   "dashed."))  # fmt: skip
+    return made, notes
+
+
+def plot_run_responses(
+    exp: Experiment,
+    out: str | Path,
+    settings: Settings,
+    *,
+    cache_dir: str | Path | None = None,
+    limit: int | None = RESPONSE_IMAGES,
+) -> tuple[Path, int] | None:
+    """DIR/responses.png: the layer responses (He et al. 2015, Fig. 7) of each run's finished
+    seeds, averaged over the seeds, on `limit` images of the test split the runs were tested
+    on (spread evenly over it).
+
+    Returns:
+        (the figure, the number of images), or None when no run has a finished seed with a
+        checkpoint.
+
+    Raises:
+        ValueError, OSError: the data or a checkpoint cannot be read, or a network has no
+            conv-BN layers (`responses.response_layers`).
+    """
+    out = Path(out)
+    found = []
+    for spec in exp.runs:
+        folders = [
+            run_dir(out, spec, seed)
+            for seed in range(settings.seeds)
+            if _finished(run_dir(out, spec, seed))
+        ]
+        if folders:
+            found.append((spec.name, folders))
+    if not found:
+        return None
+    test = load_dataset(settings.data, "test", cache_dir=cache_dir, progress=False)
+    test = fixed_subset(test, settings.limit_test)
+    images = test.images[spread_subset(len(test), limit)]
+    responses = [
+        mean_responses(run_responses(folders, images, names=[name] * len(folders)), name)
+        for name, folders in found
+    ]
+    mean = f", mean of {settings.seeds} seeds" if settings.seeds > 1 else ""
+    path = plot_responses(responses, out / "responses.png", f"layer responses{mean}")
+    return path, images.shape[0]
+
+
+def _finished(folder: Path) -> bool:
+    """The run ended without diverging and kept its final checkpoint."""
+    result = folder / RESULT_FILE
+    if not (result.exists() and (folder / "checkpoint.pt").exists()):
+        return False
+    return json.loads(result.read_text()).get("status") == "finished"

@@ -45,6 +45,7 @@ from cnnlab.experiments.report import (
     RESULT_FILE,
     Settings,
     final_train_error,
+    fixed_subset,
     run_dir,
     write_report,
 )
@@ -200,7 +201,7 @@ def run_experiment(
     else:
         _train_in_order(pending, how, progress)
 
-    return write_report(exp, out, settings)
+    return write_report(exp, out, settings, cache_dir=cache_dir)
 
 
 @dataclass(frozen=True)
@@ -219,7 +220,7 @@ class _Training:
     def load(self, split: str, progress: bool) -> ArrayDataset:
         """The training or test split, cut to its limit (decoded once, then read from the cache)."""
         dataset = load_dataset(self.data, split, cache_dir=self.cache_dir, progress=progress)
-        return _subset(dataset, self.limits[f"limit_{split}"])
+        return fixed_subset(dataset, self.limits[f"limit_{split}"])
 
 
 @dataclass(frozen=True)
@@ -327,14 +328,6 @@ def _ended_line(result: Mapping[str, object]) -> str:
     if result["elapsed_s"] is not None:
         parts.append(f"{result['elapsed_s'] / 60:.1f} min")
     return ", ".join(parts)
-
-
-def _subset(dataset: ArrayDataset, limit: int | None) -> ArrayDataset:
-    """A fixed random subset of `limit` images (the same for every run and seed)."""
-    if limit is None or limit >= len(dataset):
-        return dataset
-    order = torch.randperm(len(dataset), generator=torch.Generator().manual_seed(0))
-    return dataset.subset(order[:limit].sort().values)
 
 
 def _write_result(
