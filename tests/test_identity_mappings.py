@@ -1,5 +1,6 @@
 """He et al. 2016's ablations (arXiv:1603.05027): the shortcut h(x) of Fig. 2 and the units of
-Fig. 4 as CIFAR ResNet options and their parameter counts.
+Fig. 4 as CIFAR ResNet options, their parameter counts, and `cnnlab experiment
+identity-mappings` end to end on a tiny folder of images.
 
 Oracles: the defaults against golden numbers recorded before the options existed; parameter
 counts worked out by hand from the stage widths; each unit against a property the paper states
@@ -10,6 +11,9 @@ before addition makes F non-negative, ...), not against a second copy of its for
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -17,6 +21,8 @@ from torch import nn
 
 from cnnlab.analysis.tables import option_params, options_table
 from cnnlab.cli import main
+from cnnlab.experiments import EXPERIMENTS, get_experiment
+from cnnlab.models import registry
 from cnnlab.models.identity_mappings import (
     SHORTCUT_VARIANTS,
     UNITS,
@@ -368,3 +374,113 @@ def test_options_are_checked() -> None:
         create_model("resnet20", unit="preact")
     with pytest.raises(ValueError, match="bottleneck net takes `unit` only"):
         cifar_resnet(1, shortcut="B", shortcut_variant="conv1x1", bottleneck=True)
+
+
+# -- the experiment ----------------------------------------------------------------------------
+
+# He et al. 2016, Tables 1 and 2, as read from the paper's text (see definitions.py).
+PAPER = {
+    "resnet110": 6.61,
+    "resnet110-constant-scaling": 12.35,
+    "resnet110-exclusive-gating": 8.70,
+    "resnet110-shortcut-only-gating": 6.91,
+    "resnet110-shortcut-only-gating-0": 12.86,
+    "resnet110-conv1x1": 12.22,
+    "resnet110-dropout": None,  # "fail"
+    "resnet110-bn-after-addition": 8.17,
+    "resnet110-relu-before-addition": 7.84,
+    "resnet110-relu-preact": 6.71,
+    "resnet110-full-preact": 6.37,
+    "resnet164": 5.93,
+    "resnet164-bn-after-addition": 6.50,
+    "resnet164-relu-before-addition": 6.14,
+    "resnet164-relu-preact": 5.91,
+    "resnet164-full-preact": 5.46,
+}
+
+
+def test_definition_holds_the_papers_tables() -> None:
+    exp = get_experiment("identity-mappings")
+    assert EXPERIMENTS["identity-mappings"] is exp
+    assert [r.name for r in exp.runs] == list(PAPER)
+    for run in exp.runs:
+        paper = run.paper()
+        assert (paper.value if paper else None) == PAPER[run.name], run.name
+        shortcut = any(option == "shortcut_variant" for option, _ in run.options)
+        table = (
+            "Tables 1 and 2" if run.name == "resnet110" else "Table 1" if shortcut else "Table 2"
+        )
+        if paper is not None:
+            assert paper.source.startswith(f"He et al. 2016, {table}"), run.name
+    assert exp.run("resnet110-dropout").note.startswith("fail: above 20%")
+    assert exp.run("resnet110-shortcut-only-gating-0").options[1] == ("gate_bias", 0)
+    for run in exp.runs:  # every run builds with its options
+        meta(run.model, **dict(run.options))
+    # the orderings of the tables, each on the paper's own numbers
+    for claim in exp.claims:
+        if claim.metric == "test" and PAPER[claim.run] and PAPER[claim.other]:
+            a, b = PAPER[claim.run], PAPER[claim.other]
+            assert (a < b) == (claim.relation == "lower"), claim
+    assert len(exp.claims) == 17
+
+
+def tiny_builder(bottleneck: bool) -> Callable[..., nn.Module]:
+    """A 1-unit-per-stage stand-in for resnet110 / resnet164, taking the same options."""
+
+    def build(
+        num_classes: int = 10,
+        shortcut: str = "B" if bottleneck else "A",
+        shortcut_variant: str = "identity",
+        gate_bias: float | None = None,
+        unit: str = "original",
+    ) -> nn.Module:
+        return cifar_resnet(1, num_classes, shortcut, shortcut_variant, unit, gate_bias, bottleneck)
+
+    return build
+
+
+def test_experiment_end_to_end(
+    tiny_image_folder: Callable[..., Any],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """The real definition, its networks swapped for 1-unit-per-stage ones, 2 steps each."""
+    monkeypatch.setenv("CNNLAB_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setitem(registry._BUILDERS, "resnet110", tiny_builder(False))
+    monkeypatch.setitem(registry._BUILDERS, "resnet164", tiny_builder(True))
+    data = tiny_image_folder(classes=tuple(f"c{k}" for k in range(10)), counts={"train": 2,
+                             "test": 1}).path  # fmt: skip
+    out = tmp_path / "exp"
+    args = ["experiment", "identity-mappings", "--data", str(data), "--out", str(out)]
+    quick = ["--steps", "2", "--batch-size", "8", "--limit-train", "16", "--seeds", "1", "-q"]
+    assert main([*args, *quick]) == 0
+    assert f"wrote {out / 'report.md'}" in capsys.readouterr().out
+    text = (out / "report.md").read_text()
+    lines = text.splitlines()
+    start = lines.index(next(line for line in lines if line.startswith("| run |")))
+    rows = {}
+    for line in lines[start + 2 :]:
+        if not line.startswith("|"):
+            break
+        cells = [c.strip() for c in line.strip("|").split("|")]
+        rows[cells[0]] = cells[1:]
+    assert list(rows) == list(PAPER)
+    for name, value in PAPER.items():
+        paper, ours = rows[name][0], rows[name][1]
+        if value is None:
+            assert paper == "fail: above 20% (He et al. 2016, Table 1)"
+        else:
+            assert paper.startswith(f"{value:.2f} (He et al. 2016, Table")
+        assert float(ours) >= 0  # our error, from the run folder
+    assert rows["resnet110-exclusive-gating"][0] == "8.70 (He et al. 2016, Table 1, init b_g = -6)"
+    assert rows["resnet164-full-preact"][0] == "5.46 (He et al. 2016, Table 2)"
+    findings = [line for line in lines if line.startswith("- resnet")]
+    assert len(findings) == 17
+    assert all(" held at this budget" in f or "did not hold" in f for f in findings)
+    assert "the identity shortcut beats every other h(x) (He et al. 2016, Table 1)" in text
+    assert "full pre-activation improves on the original unit" in text
+    assert "medians of 5 runs" in text and "-O gate_bias=-7" in text
+    assert (out / "curves.png").exists()
+    config = (out / "runs" / "resnet110-shortcut-only-gating-0-s0" / "config.json").read_text()
+    assert '"gate_bias": 0' in config

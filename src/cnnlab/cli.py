@@ -3,7 +3,7 @@
 cnnlab models [PATTERN] [--options]
 cnnlab summary MODEL [--input-size N] [--json]
 cnnlab visualize filters|activations|deconv|curves ...
-cnnlab experiment degradation|depth|shortcuts --out DIR [--budget F] [--seeds N]
+cnnlab experiment degradation|depth|shortcuts|identity-mappings --out DIR [--budget F] [--seeds N]
 cnnlab export CHECKPOINT_OR_MODEL --format onnx|torchscript --out FILE [--fold-bn]
 """
 
