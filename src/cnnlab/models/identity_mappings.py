@@ -50,12 +50,10 @@ What the paper fixes, and we follow:
   Hinton et al. 2012 (the paper's [11]), which keeps each value with probability 0.5 in
   training and multiplies by 0.5 at test, not PyTorch's inverted dropout (which would scale the
   kept values by 2 and leave the expectation at 1).
-- Where shapes change: "different types of shortcut connections applied to all Residual Units"
-  (Table 1's caption; "We set lambda = 0.5 for all shortcuts"). The paper's footnote 1 notes
-  that h is not an identity in those units (two on CIFAR) anyway; we apply the variant on top
-  of the network's own shortcut there: 0.5 pad(x), (1 - g(x)) pad(x), dropout(pad(x)) with
-  option A, a gate that is a 1x1 conv with the unit's stride, and the strided projection for
-  conv1x1.
+- Every unit gets the variant: "different types of shortcut connections applied to all
+  Residual Units" (Table 1's caption; "We set lambda = 0.5 for all shortcuts"), the two where
+  the width doubles included (the paper's footnote 1 notes that h is not an identity in those
+  anyway).
 - Pre-activation units (relu-preact and full-preact): "For the first Residual Unit ... we adopt
   the first activation right after conv1 and before splitting into two paths; for the last
   Residual Unit ... we adopt an extra activation right after its element-wise addition"
@@ -64,10 +62,17 @@ What the paper fixes, and we follow:
   shortcut takes the pre-activated input ("these projection shortcuts are also with
   pre-activation", appendix).
 
-Choices the paper leaves open (deviations, if any): a gate's weights get the He init of every
-conv (appendix: "the weights are initialized as in [23]"). Units (b)-(d) keep the network's
+Choices the paper leaves open (deviations, if any): in the two units where the width doubles,
+the variant sits on top of the network's own shortcut: 0.5 pad(x), (1 - g(x)) pad(x) and
+dropout(pad(x)) with option A, the gate a 1x1 conv with the unit's stride from its input,
+and the strided projection for conv1x1. A gate's weights get the He init of every conv
+(appendix: "the weights are initialized as in [23]"). Units (b)-(d) keep the network's
 shortcuts where shapes change (ResNet-110: option A, no parameters; ResNet-164: a projection
-with batch norm, as the original units have); the paper names no change there.
+with batch norm, as the original units have); the paper names no change there. The orders of
+Fig. 4 are read from section 4.1's text ("adopting BN after addition", "move the ReLU before
+addition", "ReLU-only pre-activation", "BN and ReLU are both adopted before weight layers")
+and the caption's "same components, only the orders are different"; the stored copies of the
+paper we could read hold its text, not the figure's drawing.
 """
 
 from __future__ import annotations
