@@ -1,10 +1,10 @@
 """The `cnnlab` command line: each subcommand is a few lines that call the library.
 
-cnnlab models [PATTERN]
+cnnlab models [PATTERN] [--options]
 cnnlab summary MODEL [--input-size N] [-O KEY=VALUE ...] [--json]
 cnnlab compare SPEC SPEC ... [--input-size N] [--json]
 cnnlab visualize filters|activations|deconv|responses|curves ...
-cnnlab experiment degradation|depth|shortcuts --out DIR [--budget F] [--seeds N]
+cnnlab experiment degradation|depth|shortcuts|identity-mappings --out DIR [--budget F] [--seeds N]
 cnnlab export CHECKPOINT_OR_MODEL --format onnx|torchscript --out FILE [--fold-bn]
 """
 
@@ -19,7 +19,7 @@ from cnnlab.analysis.comparison import compare
 from cnnlab.analysis.complexity import profile
 from cnnlab.analysis.features import METHODS
 from cnnlab.analysis.responses import RESPONSE_IMAGES
-from cnnlab.analysis.tables import models_table
+from cnnlab.analysis.tables import models_table, options_table
 from cnnlab.models.registry import UnknownModelError, list_models
 from cnnlab.options import parse_options
 from cnnlab.train.hardware import PRECISION_CHOICES
@@ -40,7 +40,10 @@ def _cmd_models(args: argparse.Namespace) -> int:
     names = list_models(args.pattern)
     if not names:
         raise CliError(f"no model matches {args.pattern!r}; `cnnlab models` lists them all")
-    print(models_table(names, markdown=args.markdown))
+    if args.options:
+        print("\n\n".join(options_table(name) for name in names))
+    else:
+        print(models_table(names, markdown=args.markdown))
     return 0
 
 
@@ -175,6 +178,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("models", help="table of registered networks")
     p.add_argument("pattern", nargs="?", help="fnmatch pattern, e.g. 'resnet*'")
     p.add_argument("--markdown", action="store_true", help="a Markdown table (as in the README)")
+    p.add_argument("--options", action="store_true",
+                   help="each model's options (-O), their values and parameters")  # fmt: skip
     p.set_defaults(func=_cmd_models)
 
     p = sub.add_parser("summary", help="per-layer table and totals of a network")

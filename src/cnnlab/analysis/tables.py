@@ -1,10 +1,13 @@
-"""Tables made from the model cards: `cnnlab models` and the README's model table."""
+"""Tables made from the model cards: `cnnlab models`, `cnnlab models --options` and the
+README's model table."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
-from cnnlab.models.registry import model_card
+import torch
+
+from cnnlab.models.registry import builder_options, create_model, model_card
 
 
 def _si(n: int) -> str:
@@ -37,6 +40,74 @@ def models_table(names: list[str], *, markdown: bool = False) -> str:
     widths = [max(len(r[i]) for r in (header, *rows)) for i in range(len(header))]
     right = {3, 4}
     out = []
+    for k, r in enumerate((header, *rows)):
+        cells = [
+            c.rjust(w) if i in right else c.ljust(w)
+            for i, (c, w) in enumerate(zip(r, widths, strict=True))
+        ]
+        out.append("  ".join(cells).rstrip())
+        if k == 0:
+            out.append("  ".join("-" * w for w in widths))
+    return "\n".join(out)
+
+
+def option_params(name: str, **options: object) -> int:
+    """Parameters of a registered network with `options`, at its card's class count, counted on a
+    build on the meta device (shapes only: no memory, no init arithmetic)."""
+    card = model_card(name)
+    with torch.device("meta"):
+        net = create_model(name, **{"num_classes": card.num_classes, **options})
+    return sum(p.numel() for p in net.parameters())
+
+
+def options_table(name: str) -> str:
+    """The options of a network, a row per value with its parameter count.
+
+    Each value is built with the other options at their defaults, on the meta device. The
+    values are the card's (`ModelCard.options`, its layouts); an option of the builder that the
+    card does not list shows its default only.
+    """
+    card = model_card(name)
+    defaults = builder_options(name)
+    base = option_params(name)
+    header = ("option", "value", "params", "change", "source")
+    rows: list[tuple[str, ...]] = []
+
+    def add(option: str, values: tuple[object, ...], source: str) -> None:
+        for k, value in enumerate(values):
+            default = value == defaults.get(option)
+            params = base if default else option_params(name, **{option: value})
+            rows.append(
+                (
+                    option if k == 0 else "",
+                    f"{value}{' (default)' if default else ''}",
+                    f"{params:,}",
+                    "" if default else f"{params - base:+,}",
+                    source if k == 0 else "",
+                )
+            )
+
+    listed: set[str] = set()
+    for opt in card.options:
+        listed.add(opt.name)
+        if opt.values:
+            add(opt.name, opt.values, opt.source)
+        else:
+            rows.append((opt.name, "a number", "", "", opt.note))
+            rows.append(("", "", "", "", opt.source))
+    if len(card.layouts) > 1:
+        listed.add("layout")
+        add("layout", card.layouts, "see the model's module docstring")
+    for option, default in defaults.items():
+        if option not in listed:
+            rows.append((option, f"{default} (default)", f"{base:,}", "", "values not on the card"))
+    title = f"{name}: parameters for {card.num_classes} classes, each value with the other options "
+    title += "at their defaults"
+    if not rows:
+        return f"{title}\n(no options besides num_classes)"
+    widths = [max(len(r[i]) for r in (header, *rows)) for i in range(len(header))]
+    right = {2, 3}
+    out = [title, ""]
     for k, r in enumerate((header, *rows)):
         cells = [
             c.rjust(w) if i in right else c.ljust(w)

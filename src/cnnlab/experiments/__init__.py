@@ -1,6 +1,7 @@
 """The papers' CIFAR-10 experiments, run and reported: `cnnlab experiment NAME`.
 
-    EXPERIMENTS, get_experiment(name)   degradation, depth, shortcuts: runs, panels, findings
+    EXPERIMENTS, get_experiment(name)   degradation, depth, shortcuts, identity-mappings: runs,
+                                        panels, findings
     run_experiment(name, data, out)     train every run of every seed (resumable), then report
     write_report(experiment, out, ...)  report.md and PNG figures from the run folders
 

@@ -129,7 +129,8 @@ def run_experiment(
     """Train what an experiment needs, skipping ended runs, then write its report.
 
     Args:
-        experiment: "degradation", "depth", "shortcuts" or an `Experiment`.
+        experiment: "degradation", "depth", "shortcuts", "identity-mappings" or an
+            `Experiment`.
         data: as for `load_dataset`: "cifar10", "cifar100" or a path.
         out: the experiment folder (runs/, report.md, figures).
         budget: the fraction of the recipe's steps (he2015: of 64k iterations); default 1.

@@ -23,8 +23,10 @@ from torch import nn
 
 __all__ = [
     "ModelCard",
+    "ModelOption",
     "Reported",
     "UnknownModelError",
+    "builder_options",
     "create_model",
     "list_models",
     "model_card",
@@ -42,6 +44,19 @@ class Reported:
 
 
 @dataclass(frozen=True)
+class ModelOption:
+    """A builder option a paper ablates: the values it takes and where the paper has them.
+
+    `cnnlab models --options NAME` lists them with the parameter count of each value.
+    """
+
+    name: str  # the builder's keyword, e.g. "shortcut_variant"
+    values: tuple[object, ...]  # every value it accepts, the default first; () for a number
+    source: str  # where the paper has them: "He et al. 2016, Table 1 and Fig. 2"
+    note: str = ""  # what a number means, for an option without a list of values
+
+
+@dataclass(frozen=True)
 class ModelCard:
     """What the registry knows of a network, checked by the tests against the built model."""
 
@@ -55,6 +70,7 @@ class ModelCard:
     reported: tuple[Reported, ...] = ()
     layouts: tuple[str, ...] = ("paper",)  # "torchvision" where a torchvision twin exists
     notes: str = ""
+    options: tuple[ModelOption, ...] = ()  # the ablations the builder takes, besides layout
 
     @property
     def reported_error(self) -> Reported | None:
@@ -85,6 +101,7 @@ def register_model(
     reported: tuple[Reported, ...] = (),
     layouts: tuple[str, ...] = ("paper",),
     notes: str = "",
+    options: tuple[ModelOption, ...] = (),
 ) -> Callable[[Callable[..., nn.Module]], Callable[..., nn.Module]]:
     """Decorator that registers a builder under `name` with its card."""
 
@@ -103,6 +120,7 @@ def register_model(
             reported=reported,
             layouts=layouts,
             notes=notes,
+            options=options,
         )
         return builder
 
@@ -189,6 +207,23 @@ def create_model(name: str, **options: object) -> nn.Module:
             f"{name} has no layout {layout!r}; valid: {', '.join(repr(x) for x in card.layouts)}"
         )
     return builder(**options)
+
+
+def builder_options(name: str) -> dict[str, object]:
+    """The options a registered builder takes besides num_classes, with their defaults.
+
+    Raises:
+        UnknownModelError: the name is not registered.
+    """
+    _ensure_loaded()
+    if name not in _BUILDERS:
+        raise _unknown(name)
+    parameters = inspect.signature(_BUILDERS[name]).parameters.values()
+    return {
+        p.name: p.default
+        for p in parameters
+        if p.name != "num_classes" and p.default is not inspect.Parameter.empty
+    }
 
 
 def check_choice(option: str, value: object, valid: tuple[object, ...]) -> None:
