@@ -4,7 +4,7 @@ cnnlab models [PATTERN] [--options]
 cnnlab summary MODEL [--input-size N] [-O KEY=VALUE ...] [--json]
 cnnlab compare SPEC SPEC ... [--input-size N] [--json]
 cnnlab visualize filters|activations|deconv|responses|curves ...
-cnnlab experiment degradation|depth|shortcuts|identity-mappings --out DIR [--budget F] [--seeds N]
+cnnlab experiment degradation|depth|shortcuts|identity-mappings|relu-vs-tanh --out DIR ...
 cnnlab export CHECKPOINT_OR_MODEL --format onnx|torchscript --out FILE [--fold-bn]
 """
 
@@ -143,8 +143,8 @@ def _cmd_experiment(args: argparse.Namespace) -> int:
     report = run_experiment(
         args.name, args.data, args.out, budget=args.budget, steps=args.steps, seeds=args.seeds,
         recipe=args.recipe, precision=args.precision, batch_size=args.batch_size,
-        limit_train=args.limit_train, limit_test=args.limit_test, device=args.device,
-        compile=args.compile, progress=not args.quiet, jobs=args.jobs,
+        limit_train=args.limit_train, limit_test=args.limit_test, lrs=args.lrs,
+        device=args.device, compile=args.compile, progress=not args.quiet, jobs=args.jobs,
     )  # fmt: skip
     print(f"wrote {report}")
     return 0
@@ -374,14 +374,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="experiment folder (rerun it to resume)")
     length = p.add_mutually_exclusive_group()
     length.add_argument(
-        "--budget", type=float, help="fraction of the recipe's steps (he2015: of 64k; default 1)"
-    )
-    length.add_argument("--steps", type=int, help="optimizer steps per run instead")
+        "--budget", type=float, help="fraction of the recipe's steps (he2015: of 64k; default 1); "
+        "relu-vs-tanh: of each run's cap (15,600 steps, 40 epochs)",
+    )  # fmt: skip
+    length.add_argument("--steps", type=int, help="optimizer steps per run instead (its cap)")
     p.add_argument("--seeds", type=int, default=1, help="runs per network (default: 1)")
-    p.add_argument("--recipe", default="he2015", choices=("he2015", "fast"),
-                   help="default: he2015, the paper's")  # fmt: skip
+    p.add_argument("--recipe", choices=("he2015", "fast", "relu2012"),
+                   help="default: the paper's (he2015; relu2012 for relu-vs-tanh)")  # fmt: skip
+    p.add_argument("--lrs", type=_floats, metavar="LR,LR,...",
+                   help="relu-vs-tanh: the learning-rate grid searched (ascending)")  # fmt: skip
     p.add_argument("--precision", choices=PRECISION_CHOICES,
-                   help=PRECISION_HELP)  # fmt: skip
+                   help="default: the recipe's (fp32 for relu2012); " + PRECISION_HELP)  # fmt: skip
     p.add_argument("--batch-size", type=int, help="default: the recipe's")
     p.add_argument("--limit-train", type=int, help="train on this many images (default: all)")
     p.add_argument("--limit-test", type=int, help="test on this many images (default: all)")
@@ -413,6 +416,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_cmd_export)
 
     return parser
+
+
+def _floats(text: str) -> tuple[float, ...]:
+    """ "0.01,0.02,0.04" -> (0.01, 0.02, 0.04), for argparse."""
+    try:
+        return tuple(float(v) for v in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"not a comma-separated list of numbers: {text!r}"
+        ) from None
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -187,7 +187,7 @@ def summarize(exp: Experiment, out: str | Path, seeds: int) -> list[RunSummary]:
             results.append(result)
             if (folder / "config.json").exists():
                 configs.append(json.loads((folder / "config.json").read_text()))
-                machines.append(_machine(configs[-1], result))
+                machines.append(machine_text(configs[-1], result))
             if result["status"] == "finished":
                 curves.append(read_run(folder, spec.name))
         finished = [r for r in results if r["status"] == "finished"]
@@ -325,7 +325,7 @@ def plot_depth(rows: Sequence[RunSummary], path: Path, title: str) -> Path:
 # -- report.md -------------------------------------------------------------------------------
 
 
-def _duration(seconds: float) -> str:
+def duration_text(seconds: float) -> str:
     if seconds < 60:
         return f"{seconds:.1f} s" if seconds < 10 else f"{seconds:.0f} s"
     seconds = round(seconds)
@@ -352,7 +352,7 @@ def _schedule(recipe: Recipe) -> str:
     return text
 
 
-def _machine(config: Mapping[str, Any], result: Mapping[str, Any]) -> str:
+def machine_text(config: Mapping[str, Any], result: Mapping[str, Any]) -> str:
     """Where one run ran: "NVIDIA H100 (cuda:0), AMD EPYC 7R13 (16 CPUs), Linux-..., torch 2.x"."""
     m, v = config.get("machine", {}), config.get("versions", {})
     device = str(m.get("device", "?"))
@@ -436,7 +436,7 @@ def write_report(
         f"| budget | {budget} of the recipe's {base:,} iterations: {recipe.steps:,} steps |",
         f"| seeds | {seeds} |",
         f"| machine | {_machines(rows)} |",
-        f"| wall time | {_duration(wall)} in all (training and evaluation, summed over runs) |",
+        f"| wall time | {duration_text(wall)} in all (training and evaluation, summed over runs) |",
         f"| written | {datetime.now(UTC).isoformat(timespec='seconds')} |",
         "",
         "## Results",
@@ -448,7 +448,7 @@ def write_report(
     for r in rows:
         lines.append(
             f"| {r.spec.name} | {_paper(r)} | {_ours(r.test, r)} | {_ours(r.train, r)} "
-            f"| {r.finished} | {_duration(r.wall_s) if r.wall_s else '—'} |"
+            f"| {r.finished} | {duration_text(r.wall_s) if r.wall_s else '—'} |"
         )
     lines += [
         "",

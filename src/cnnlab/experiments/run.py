@@ -30,7 +30,7 @@ import json
 import multiprocessing
 import os
 import threading
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -40,7 +40,12 @@ import torch
 
 from cnnlab.analysis.plots import read_run
 from cnnlab.data import ArrayDataset, load_dataset
-from cnnlab.experiments.definitions import Experiment, RunSpec, get_experiment
+from cnnlab.experiments.definitions import (
+    Experiment,
+    RunSpec,
+    SpeedExperiment,
+    get_experiment,
+)
 from cnnlab.experiments.report import (
     RESULT_FILE,
     Settings,
@@ -107,18 +112,19 @@ def run_status(folder: Path, recipe: Recipe, limits: Mapping[str, int | None] | 
 
 
 def run_experiment(
-    experiment: str | Experiment,
+    experiment: str | Experiment | SpeedExperiment,
     data: str | os.PathLike,
     out: str | os.PathLike,
     *,
     budget: float | None = None,
     steps: int | None = None,
     seeds: int = 1,
-    recipe: str = "he2015",
+    recipe: str | None = None,
     precision: str | None = None,
     batch_size: int | None = None,
     limit_train: int | None = None,
     limit_test: int | None = None,
+    lrs: Sequence[float] | None = None,
     device: str | None = None,
     compile: bool = False,
     cache_dir: str | os.PathLike | None = None,
@@ -128,18 +134,24 @@ def run_experiment(
 ) -> Path:
     """Train what an experiment needs, skipping ended runs, then write its report.
 
+    A `SpeedExperiment` (relu-vs-tanh) is run by `speed.run_speed_experiment`: a search
+    over learning rates, each run ending at a training error; see speed.py.
+
     Args:
-        experiment: "degradation", "depth", "shortcuts", "identity-mappings" or an
-            `Experiment`.
+        experiment: "degradation", "depth", "shortcuts", "identity-mappings", "relu-vs-tanh",
+            or an `Experiment` or `SpeedExperiment`.
         data: as for `load_dataset`: "cifar10", "cifar100" or a path.
         out: the experiment folder (runs/, report.md, figures).
         budget: the fraction of the recipe's steps (he2015: of 64k iterations); default 1.
+            For a speed experiment the steps are each run's cap.
         steps: optimizer steps instead of a budget.
         seeds: runs per network, with seeds 0 .. seeds - 1.
-        recipe: "he2015" (the paper's, default) or "fast".
+        recipe: "he2015" (the paper's, default) or "fast"; a speed experiment's default is
+            its own (relu2012).
         precision, batch_size: override the recipe's.
         limit_train, limit_test: use this many images of the split (the same fixed random
-            subset for every run); None: all.
+            subset for every run); None: all. A speed experiment uses no test images.
+        lrs: a speed experiment's learning-rate grid (ascending), instead of its own.
         device: "cpu", "cuda", ...; None: the GPU if there is one.
         compile: torch.compile the training step.
         cache_dir: where the datasets are cached.
@@ -160,6 +172,18 @@ def run_experiment(
             run; the runs in flight are stopped and resume when the experiment is run again.
     """
     exp = get_experiment(experiment) if isinstance(experiment, str) else experiment
+    if isinstance(exp, SpeedExperiment):
+        from cnnlab.experiments.speed import run_speed_experiment  # speed.py imports this module
+
+        return run_speed_experiment(
+            exp, data, out, budget=budget, steps=steps, seeds=seeds, recipe=recipe,
+            precision=precision, batch_size=batch_size, limit_train=limit_train,
+            limit_test=limit_test, lrs=lrs, device=device, compile=compile,
+            cache_dir=cache_dir, progress=progress, jobs=jobs,
+        )  # fmt: skip
+    if lrs is not None:
+        raise ValueError(f"--lrs is for a learning-rate search (relu-vs-tanh), not {exp.name}")
+    recipe = recipe or "he2015"
     if seeds < 1:
         raise ValueError(f"seeds must be at least 1, got {seeds}")
     if jobs < 1:

@@ -1,6 +1,15 @@
 """The networks, one file per paper. Importing this package registers them all."""
 
-from cnnlab.models import alexnet, googlenet, preact_resnet, resnet, resnet_cifar, vgg, zfnet
+from cnnlab.models import (
+    alexnet,
+    alexnet_cifar,
+    googlenet,
+    preact_resnet,
+    resnet,
+    resnet_cifar,
+    vgg,
+    zfnet,
+)
 from cnnlab.models.pretrained import Pretrained, WeightsFileError
 from cnnlab.models.registry import (
     ModelCard,
@@ -19,6 +28,7 @@ __all__ = [
     "UnknownModelError",
     "WeightsFileError",
     "alexnet",
+    "alexnet_cifar",
     "create_model",
     "googlenet",
     "list_models",

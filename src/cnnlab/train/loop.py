@@ -106,6 +106,9 @@ class TrainResult:
     model: nn.Module  # the network after the last step, in eval mode
     steps: int  # optimizer steps done so far, counting those before a resume
     completed: bool  # False when stopped early by `stop_after`
+    # The step at whose log point the training error reached `until_train_error`, where the
+    # run ended (completed); None when it did not, or none was asked for.
+    reached_step: int | None = None
     test_error: float | None = None  # of the final weights
     test_top5_error: float | None = None
     val_error: float | None = None  # of the final weights
@@ -132,6 +135,7 @@ def train(
     checkpoint_every: int | None = None,
     log_every: int = 50,
     stop_after: int | None = None,
+    until_train_error: float | None = None,
     time_minutes: float | None = None,
     progress: bool = True,
     info: Mapping[str, object] | None = None,
@@ -161,6 +165,11 @@ def train(
         log_every: sync, check the loss and write a metrics line every this many steps.
         stop_after: stop before this step without writing anything more, as a killed run
             would (for tests of resume, and for time-boxed jobs that resume later).
+        until_train_error: end the run at the first log point whose training error (percent,
+            over the steps since the previous log point) is at or below this, as after its
+            last step: held-out data evaluated, checkpoint written, the run completed there
+            (`TrainResult.reached_step`). Resuming a run that ended so trains nothing more.
+            For the time-to-error race of Krizhevsky et al. 2012, Fig. 1 (experiments).
         time_minutes: size the run to end in about this many minutes of training and
             evaluation on this machine (replaces the recipe's steps; see timing.py).
         progress: show a progress bar (process 0 only).
@@ -183,8 +192,9 @@ def train(
             val_data=val_data, test_data=test_data, options=dict(model_options or {}),
             seed=seed, device=dev, env=env, compile=compile, resume=resume,
             eval_every=eval_every, checkpoint_every=checkpoint_every, log_every=log_every,
-            stop_after=stop_after, time_minutes=time_minutes, progress=progress,
-            info=dict(info or {}), workers=default_workers() if workers is None else workers,
+            stop_after=stop_after, until_train_error=until_train_error,
+            time_minutes=time_minutes, progress=progress, info=dict(info or {}),
+            workers=default_workers() if workers is None else workers,
         )  # fmt: skip
     except BaseException as e:
         if env.distributed:  # the frames' locals would keep the DDP wrapper alive; see below
@@ -216,6 +226,7 @@ def _train(
     checkpoint_every: int | None,
     log_every: int,
     stop_after: int | None,
+    until_train_error: float | None,
     time_minutes: float | None,
     progress: bool,
     info: dict[str, object],
@@ -223,6 +234,8 @@ def _train(
 ) -> TrainResult:
     if not 0 <= seed < 2**63:
         raise ValueError(f"seed must be a non-negative integer, got {seed}")
+    if until_train_error is not None and not 0 <= until_train_error <= 100:
+        raise ValueError(f"until_train_error is a percentage, got {until_train_error}")
     timing.check_minutes(time_minutes)
     n_train = len(train_data)
     batch = recipe.batch_size
@@ -328,6 +341,10 @@ def _train(
             plateau.load_state_dict(state["plateau"])
         start, best_val = int(state["step"]), state["best_val_error"]
         clock = {k: float(state[k]) for k in clock}
+    # A run that ended at `until_train_error` saved that log point's metrics: nothing to train.
+    reached = None
+    if state is not None and _reached(state.get("metrics"), until_train_error):
+        reached = start
     # Nothing is written before this point, so a bad option or checkpoint leaves no trace.
     if out is not None:
         if env.is_main:
@@ -405,7 +422,7 @@ def _train(
     elapsed_before, last_log, lr = clock["elapsed_s"], start, 0.0
     net.train()
     for step in range(start, total):
-        if stop_after is not None and step >= stop_after:
+        if reached is not None or (stop_after is not None and step >= stop_after):
             break
         lr = learning_rate(recipe, step, slow_start, plateau)
         torch.manual_seed(seed_of(seed, "step", step))  # dropout
@@ -448,6 +465,9 @@ def _train(
             "images_per_s": (done - last_log) * batch / max(now - t_mark, 1e-9),
             "elapsed_s": None, "train_s": round(clock["train_s"], 3),
         }  # fmt: skip
+        if _reached(row, until_train_error):
+            reached = done  # the run ends here, as after its last step: evaluated and saved
+            is_eval = is_ckpt = True
         results = evaluate_all() if is_eval else {}
         for name, result in results.items():
             row[f"{name}_error"] = result.top1_error
@@ -476,13 +496,14 @@ def _train(
     batches.close()
 
     net.eval()
-    steps_done = step_reached(start, total, stop_after)
+    end = total if reached is None else reached  # the step the run ends at
+    steps_done = reached if reached is not None else step_reached(start, total, stop_after)
     result = TrainResult(model=eval_net, steps=steps_done, completed=False, run_dir=out,
-                         metrics=rows, best_val_error=best_val)  # fmt: skip
-    result.completed = result.steps == total
+                         metrics=rows, best_val_error=best_val, reached_step=reached)  # fmt: skip
+    result.completed = result.steps == end
     if not result.completed:
         return result
-    if rows and rows[-1]["step"] == total:
+    if rows and rows[-1]["step"] == end:
         final = rows[-1]
     else:  # resumed a run that had already finished: evaluate its final weights again
         final = {f"{k}_{m}": v for k, r in evaluate_all().items()
@@ -493,7 +514,7 @@ def _train(
     if test_data is not None and best_path is not None and best_path.exists():
         _barrier(env)  # process 0 may still be writing best.pt
         best = load_checkpoint(best_path, model=model_name)
-        if best["step"] == total:
+        if best["step"] == end:
             result.best_test_error = result.test_error
         else:
             best_net = create_model(model_name, num_classes=len(train_data.classes), **options)
@@ -504,7 +525,7 @@ def _train(
                 precision=arithmetic.precision, memory_format=memory_format,
             ).top1_error  # fmt: skip
     if verbose:
-        _print_final(result, out)
+        _print_final(result, out, until_train_error)
     return result
 
 
@@ -577,6 +598,13 @@ def _train_crop(recipe: Recipe, size: int, stats: ArrayDataset) -> TrainCrop:
         eigval=tuple(eigval.tolist()) if eigval is not None else (),
         eigvec=tuple(map(tuple, eigvec.tolist())) if eigvec is not None else (),
     )  # fmt: skip
+
+
+def _reached(row: Mapping[str, Any] | None, until_train_error: float | None) -> bool:
+    """Whether a metrics row's training error is at or below `until_train_error` (percent)."""
+    if until_train_error is None or not row or row.get("train_error") is None:
+        return False
+    return float(row["train_error"]) <= until_train_error
 
 
 def step_reached(start: int, total: int, stop_after: int | None) -> int:
@@ -790,8 +818,11 @@ def _summary_line(row: Mapping[str, Any], total: int) -> str:
     return "  ".join(parts)
 
 
-def _print_final(result: TrainResult, out: Path | None) -> None:
+def _print_final(result: TrainResult, out: Path | None, until_train_error: float | None) -> None:
     lines = []
+    if result.reached_step is not None:
+        level = f"{until_train_error:g}%"
+        lines.append(f"ended at step {result.reached_step}: training error at or below {level}")
     if result.test_error is not None:
         lines.append(
             f"test error {result.test_error:.2f}% (top-5 {result.test_top5_error:.2f}%) "
