@@ -3,6 +3,7 @@ README's model table."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 
 import torch
@@ -37,18 +38,7 @@ def models_table(names: list[str], *, markdown: bool = False) -> str:
         lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
         lines += ["| " + " | ".join(r) + " |" for r in rows]
         return "\n".join(lines)
-    widths = [max(len(r[i]) for r in (header, *rows)) for i in range(len(header))]
-    right = {3, 4}
-    out = []
-    for k, r in enumerate((header, *rows)):
-        cells = [
-            c.rjust(w) if i in right else c.ljust(w)
-            for i, (c, w) in enumerate(zip(r, widths, strict=True))
-        ]
-        out.append("  ".join(cells).rstrip())
-        if k == 0:
-            out.append("  ".join("-" * w for w in widths))
-    return "\n".join(out)
+    return _aligned(header, rows, right={3, 4})
 
 
 def option_params(name: str, **options: object) -> int:
@@ -105,9 +95,13 @@ def options_table(name: str) -> str:
     title += "at their defaults"
     if not rows:
         return f"{title}\n(no options besides num_classes)"
+    return f"{title}\n\n{_aligned(header, rows, right={2, 3})}"
+
+
+def _aligned(header: Sequence[str], rows: Sequence[Sequence[str]], right: set[int]) -> str:
+    """A plain-text table: columns padded to their widest cell, `right` ones right-aligned."""
     widths = [max(len(r[i]) for r in (header, *rows)) for i in range(len(header))]
-    right = {2, 3}
-    out = [title, ""]
+    out = []
     for k, r in enumerate((header, *rows)):
         cells = [
             c.rjust(w) if i in right else c.ljust(w)

@@ -11,8 +11,10 @@ reported for the final weights and for best.pt.
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
+
+from torch import Tensor
 
 from cnnlab.data import ArrayDataset, DataError, Normalize, load_dataset
 from cnnlab.data.augment import CenterCrop
@@ -221,11 +223,7 @@ def evaluate_from_spec(
         )
     dev = resolve_device(device)
     net, state = load_model(checkpoint, dev)
-    images: ArrayDataset | ImageStream = (
-        ImageStream.open(data, split)
-        if streamed
-        else load_dataset(data, split, cache_dir=cache_dir, progress=progress)
-    )
+    images = _open_split(data, split, streamed, cache_dir, progress)
     check_classes(state["classes"], images.classes)
     arithmetic = choose_arithmetic(dev, precision)
     net = net.to(memory_format=arithmetic.memory_format)
@@ -242,12 +240,9 @@ def evaluate_from_spec(
         # other sizes get its average per channel.
         normalize = Normalize(normalize.mean.mean((2, 3)).flatten(), normalize.std.flatten())
         normalize = normalize.to(dev)
-    items = (
-        whole_images(images, workers)
-        if isinstance(images, ImageStream)
-        else zip(images.images, images.labels.tolist(), strict=True)
-    )
-    return evaluate_views(net, items, method, normalize, batch_size=batch_size, **how)  # type: ignore[arg-type]
+    return evaluate_views(
+        net, _labelled_images(images, workers), method, normalize, batch_size=batch_size, **how
+    )  # type: ignore[arg-type]
 
 
 def _evaluate_published(
@@ -272,12 +267,7 @@ def _evaluate_published(
     crop = crop or meta.crop_size
     resize = resize or meta.resize_size * crop // meta.crop_size
     method = TestTime.parse(test_time, resize=resize, crop=crop, scales=scales)
-    mode = choose_mode(data, split)
-    images: ArrayDataset | ImageStream = (
-        ImageStream.open(data, split)
-        if mode == "stream"
-        else load_dataset(data, split, cache_dir=cache_dir, progress=progress)
-    )
+    images = _open_split(data, split, choose_mode(data, split) == "stream", cache_dir, progress)
     dev = resolve_device(device)
     net, meta = pretrained_classifier(model, weights)
     assert meta.classes is not None
@@ -285,15 +275,33 @@ def _evaluate_published(
     arithmetic = choose_arithmetic(dev, precision)
     net = net.to(dev, memory_format=arithmetic.memory_format)
     normalize = input_normalize(meta.mean, meta.std, dev)
-    items = (
-        whole_images(images, default_workers() if workers is None else workers)
-        if isinstance(images, ImageStream)
-        else zip(images.images, images.labels.tolist(), strict=True)
-    )
+    items = _labelled_images(images, default_workers() if workers is None else workers)
     mapped = ((img, index[label]) for img, label in items)
     return evaluate_views(net, mapped, method, normalize, device=dev, batch_size=batch_size,
                           precision=arithmetic.precision,
                           memory_format=arithmetic.memory_format)  # fmt: skip
+
+
+def _open_split(
+    data: str | os.PathLike,
+    split: str,
+    streamed: bool,
+    cache_dir: str | os.PathLike | None,
+    progress: bool,
+) -> ArrayDataset | ImageStream:
+    """A split to evaluate: indexed for streaming, or decoded into memory (cached)."""
+    if streamed:
+        return ImageStream.open(data, split)
+    return load_dataset(data, split, cache_dir=cache_dir, progress=progress)
+
+
+def _labelled_images(
+    images: ArrayDataset | ImageStream, workers: int
+) -> Iterator[tuple[Tensor, int]]:
+    """(uint8 image, label) pairs of a split, each at its own size (streams: decoded by workers)."""
+    if isinstance(images, ImageStream):
+        return whole_images(images, workers)
+    return zip(images.images, images.labels.tolist(), strict=True)
 
 
 def class_index(folders: Sequence[str], classes: Sequence[str]) -> list[int]:
