@@ -3,7 +3,7 @@
 cnnlab models [PATTERN] [--options]
 cnnlab summary MODEL [--input-size N] [-O KEY=VALUE ...] [--json]
 cnnlab compare SPEC SPEC ... [--input-size N] [--json]
-cnnlab visualize filters|activations|deconv|responses|curves ...
+cnnlab visualize filters|activations|deconv|responses|curves|time-to-accuracy ...
 cnnlab experiment degradation|depth|shortcuts|identity-mappings|relu-vs-tanh --out DIR ...
 cnnlab export CHECKPOINT_OR_MODEL --format onnx|torchscript --out FILE [--fold-bn]
 """
@@ -131,6 +131,11 @@ def _cmd_visualize(args: argparse.Namespace) -> int:
             args.runs, args.data, args.out, split=args.split, limit=args.limit or None,
             title=args.title,
         )  # fmt: skip
+    elif args.figure == "time-to-accuracy":
+        from cnnlab.analysis.time_to_accuracy import time_to_accuracy_table
+
+        path, timelines = plots.draw_time_to_accuracy(args.runs, args.target, args.out, args.title)
+        print(time_to_accuracy_table(timelines, args.target))
     else:
         path = plots.draw_curves(args.runs, args.out, args.title)
     print(f"wrote {path}")
@@ -292,7 +297,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     # -- cnnlab visualize: figures of what a network sees (cnnlab.analysis.plots) --
     p = sub.add_parser(
-        "visualize", help="PNG figures: filters, activations, deconvnet, responses, curves"
+        "visualize",
+        help="PNG figures: filters, activations, deconvnet, responses, curves, time to accuracy",
     )
     vis = p.add_subparsers(dest="figure", required=True, metavar="FIGURE")
     net_help = "a checkpoint, a run folder, or a model name (random weights, or --weights)"
@@ -363,6 +369,19 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument("runs", nargs="+", metavar="RUN_DIR", help="run folders (metrics.jsonl)")
     v.add_argument("--title", default="", help="figure title")
     v.add_argument("--out", default="curves.png", help="PNG file (default: curves.png)")
+    v = vis.add_parser(
+        "time-to-accuracy",
+        help="test error against training minutes of runs; prints time to a target error",
+        description="Test error against training time (log scale; evaluations left out) for "
+        "run folders, each labelled with the machine its config.json records, and a markdown "
+        "table of the epochs and minutes each took to first reach --target. Example: cnnlab "
+        "visualize time-to-accuracy runs/fast-r20 runs/he2015-r20 --target 11.9",
+    )
+    v.add_argument("runs", nargs="+", metavar="RUN_DIR", help="run folders (metrics.jsonl)")
+    v.add_argument("--target", type=float, required=True, help="test error to reach, in %%")
+    v.add_argument("--title", default="", help="figure title")
+    v.add_argument("--out", default="time-to-accuracy.png",
+                   help="PNG file (default: time-to-accuracy.png)")  # fmt: skip
     p.set_defaults(func=_cmd_visualize)
 
     # -- cnnlab experiment: the papers' CIFAR-10 experiments (cnnlab.experiments) --

@@ -14,6 +14,9 @@ shown and of which network, axes are labelled, panels carry class names, curves 
                        runs (He et al. 2015, Fig. 1 and Fig. 6)
     plot_responses     the std of each 3x3 layer's response, by layer index and sorted, for
                        several runs (He et al. 2015, Fig. 7)
+    plot_time_to_accuracy
+                       test error against training minutes for several runs, with a target
+                       error and where each run first reached it
 """
 
 from __future__ import annotations
@@ -49,6 +52,7 @@ from cnnlab.analysis.features import (
     stage_outputs,
 )
 from cnnlab.analysis.responses import RESPONSE_IMAGES, LayerResponses, run_responses
+from cnnlab.analysis.time_to_accuracy import Timeline, reached, read_timeline
 from cnnlab.models.registry import UnknownModelError, model_card
 
 __all__ = [
@@ -425,6 +429,50 @@ def curves_figure(runs: Sequence[RunCurves], title: str = "") -> Figure:
     return fig
 
 
+# -- time to accuracy ---------------------------------------------------------------------------
+
+
+def plot_time_to_accuracy(
+    timelines: Sequence[Timeline], target: float, path: str | Path, title: str = ""
+) -> Path:
+    """Test error against training minutes (log scale) for several runs, the target error as a
+    dotted line and a marker where each run first reached it; each run labelled with its
+    machine, so runs on different machines compare by what they took.
+
+    Args:
+        timelines: from `time_to_accuracy.read_timeline`, one colour each.
+        target: the error (%) to reach.
+        path: the PNG file to write.
+        title: default "test error against training time".
+    """
+    if not timelines:
+        raise ValueError("no runs to plot")
+    fig = _new_figure(7.0, 4.6)
+    ax = fig.subplots()
+    for i, t in enumerate(timelines):
+        color = f"C{i % 10}"
+        minutes = [max(s, 1.0) / 60 for s in t.seconds]
+        suffix = " (val)" if t.split == "val" else ""
+        ax.plot(minutes, t.test_error, "-o", color=color, linewidth=2.0, markersize=3,
+                label=f"{t.name}{suffix}: {t.machine}")  # fmt: skip
+        got = reached(t, target)
+        if got:
+            ax.plot([max(got.seconds, 1.0) / 60], [got.error], "*", color=color, markersize=14,
+                    markeredgecolor="black", markeredgewidth=0.6)  # fmt: skip
+    ax.axhline(target, color="0.3", linestyle=":", linewidth=1.2, label=f"target {target:g}%")
+    ax.set_xscale("log")
+    ax.set_xlabel("training time (minutes, log scale; evaluations left out)")
+    ax.set_ylabel("test error (%)")
+    top = max(max(t.test_error) for t in timelines)
+    ax.set_ylim(bottom=max(0.0, target - 4), top=min(top, 3 * target) + 1)
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize=7.5, loc="upper right")
+    ax.set_title(title or "test error against training time (star: target first reached)",
+                 fontsize=11)  # fmt: skip
+    fig.tight_layout()
+    return _save(fig, path)
+
+
 # -- layer responses ---------------------------------------------------------------------------
 
 
@@ -631,6 +679,17 @@ def draw_curves(run_dirs: Sequence[str | Path], out: str | Path, title: str = ""
     if not run_dirs:
         raise ValueError("name at least one run folder")
     return plot_curves([read_run(d) for d in run_dirs], out, title)
+
+
+def draw_time_to_accuracy(
+    run_dirs: Sequence[str | Path], target: float, out: str | Path, title: str = ""
+) -> tuple[Path, list[Timeline]]:
+    """`cnnlab visualize time-to-accuracy`: the figure of several run folders, and their
+    timelines (for `time_to_accuracy.time_to_accuracy_table`)."""
+    if not run_dirs:
+        raise ValueError("name at least one run folder")
+    timelines = [read_timeline(d) for d in run_dirs]
+    return plot_time_to_accuracy(timelines, target, out, title), timelines
 
 
 def draw_responses(

@@ -1,0 +1,98 @@
+"""Time to accuracy: the first evaluation at or below a target, read from run folders, as a
+table and a figure (`cnnlab visualize time-to-accuracy`)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from cnnlab.analysis.time_to_accuracy import (
+    machine_label,
+    reached,
+    read_timeline,
+    time_to_accuracy_table,
+)
+from cnnlab.cli import main
+
+CPU = {"device": "cpu", "cpu_capability": "AVX2", "native_bf16": False, "cpu_count": 2}
+GPU = {"device": "cuda:0", "device_name": "NVIDIA H100 80GB HBM3 (compute capability 9.0)"}
+
+
+def _run(folder: Path, evals: list[tuple[float, float, float]], machine: dict,
+         split: str = "test") -> Path:  # fmt: skip
+    """A run folder: training lines every half epoch, an evaluation (epoch, seconds, error)
+    where `evals` has one, and a config.json naming the machine."""
+    folder.mkdir(parents=True)
+    lines = []
+    for epoch, seconds, error in evals:
+        lines.append({"step": int(epoch * 100) - 50, "epoch": epoch - 0.5, "train_error": 50.0,
+                      "train_s": seconds - 1, "test_error": None})  # fmt: skip
+        lines.append({"step": int(epoch * 100), "epoch": epoch, "train_error": 40.0,
+                      "train_s": seconds, "elapsed_s": seconds + 30,
+                      f"{split}_error": error})  # fmt: skip
+    text = "\n".join(json.dumps(r) for r in lines) + '\n{"step": 9'  # an interrupted last line
+    (folder / "metrics.jsonl").write_text(text)
+    (folder / "config.json").write_text(json.dumps({"model": "resnet20", "machine": machine}))
+    return folder
+
+
+def test_reached_is_the_first_evaluation_at_or_below_the_target(tmp_path: Path) -> None:
+    run = _run(tmp_path / "fast", [(1, 60, 30.0), (2, 120, 11.9), (3, 180, 11.0)], CPU)
+    with pytest.warns(UserWarning, match="not a JSON line"):
+        t = read_timeline(run)
+    assert t.epochs == (1, 2, 3) and t.seconds == (60, 120, 180)  # train_s, not elapsed_s
+    got = reached(t, 11.9)
+    assert got is not None and (got.epoch, got.seconds, got.error) == (2, 120, 11.9)
+    assert reached(t, 10.9) is None
+
+
+def test_table_gives_epochs_minutes_machine_and_never_reached(tmp_path: Path) -> None:
+    fast = _run(tmp_path / "fast", [(10, 600, 14.0), (20, 1200, 11.5), (30, 1800, 11.2)], CPU)
+    slow = _run(tmp_path / "slow", [(82, 90, 12.5), (164, 180, 12.3)], GPU)
+    with pytest.warns(UserWarning):
+        table = time_to_accuracy_table([read_timeline(fast), read_timeline(slow)], 11.9)
+    rows = table.splitlines()
+    assert rows[0].startswith("| run | machine | epochs to 11.9% | minutes to 11.9%")
+    assert rows[2] == ("| fast | CPU AVX2, no native bf16, 2 cores | 20.0 | 20.0 | 11.20% "
+                       "| 30.0 | 30.0 |")  # fmt: skip
+    assert rows[3] == "| slow | NVIDIA H100 80GB HBM3 | not reached | - | 12.30% | 164.0 | 3.0 |"
+
+
+def test_validation_errors_where_a_run_has_no_test_evaluations(tmp_path: Path) -> None:
+    run = _run(tmp_path / "tune", [(5, 100, 20.0), (10, 200, 12.0)], CPU, split="val")
+    with pytest.warns(UserWarning):
+        t = read_timeline(run)
+    assert t.split == "val" and t.test_error == (20.0, 12.0)
+    assert "| tune (val) |" in time_to_accuracy_table([t], 15)
+
+
+def test_machine_labels() -> None:
+    assert machine_label(GPU) == "NVIDIA H100 80GB HBM3"
+    assert machine_label({"device": "cpu", "cpu_capability": "AVX512", "native_bf16": True,
+                          "cpu_count": 16}) == "CPU AVX512, native bf16, 16 cores"  # fmt: skip
+    assert machine_label({"device": "cpu"}) == "CPU"
+
+
+def test_errors_name_the_problem(tmp_path: Path) -> None:
+    with pytest.raises(FileNotFoundError, match="no metrics.jsonl"):
+        read_timeline(tmp_path)
+    (tmp_path / "metrics.jsonl").write_text('{"step": 1, "train_error": 50}\n')
+    with pytest.raises(ValueError, match="no test or validation error"):
+        read_timeline(tmp_path)
+
+
+def test_cli_writes_the_figure_and_prints_the_table(tmp_path: Path, capsys) -> None:
+    a = _run(tmp_path / "a", [(1, 30, 20.0), (2, 60, 11.0)], CPU)
+    b = _run(tmp_path / "b", [(1, 5, 25.0), (2, 10, 13.0)], GPU)
+    out = tmp_path / "tta.png"
+    with pytest.warns(UserWarning):
+        assert main(["visualize", "time-to-accuracy", str(a), str(b), "--target", "11.9",
+                     "--out", str(out)]) == 0  # fmt: skip
+    printed = capsys.readouterr().out
+    assert "| a | CPU AVX2, no native bf16, 2 cores | 2.0 | 1.0 | 11.00%" in printed
+    assert "| b | NVIDIA H100 80GB HBM3 | not reached |" in printed
+    with Image.open(out) as img:
+        assert img.format == "PNG" and img.width > 300
