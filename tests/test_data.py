@@ -22,6 +22,7 @@ import cnnlab.data.load as load_module
 from cnnlab.data import (
     ArrayDataset,
     DataError,
+    MissingSplitError,
     Normalize,
     cache_dir,
     channel_stats,
@@ -302,7 +303,8 @@ def test_empty_class_folder(tiny_image_folder, pack_tar, tmp_path):
 
 def test_missing_split_folder(tiny_image_folder, pack_tar, tmp_path):
     tiny = tiny_image_folder(counts={"train": 1})
-    with pytest.raises(DataError, match="no split folder 'test' \\(found: train\\)"):
+    # A DataError of its own kind, so that a missing val/ or test/ can be optional.
+    with pytest.raises(MissingSplitError, match="no split folder 'test' \\(found: train\\)"):
         load_dataset(tiny.path, "test", cache_dir=tmp_path, progress=False)
     archive = pack_tar(tiny.path, tmp_path / "data.tar.gz", prefix="top")
     with pytest.raises(DataError, match="no split folder 'test' \\(found: top/train\\)"):

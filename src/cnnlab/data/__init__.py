@@ -8,12 +8,13 @@
     random_crop_flip(x)           4-pixel pad, random 32x32 crop, horizontal flip, whole batch
     alternating_flips, cutout     flips alternating over epochs; a zeroed square per image
     DataError                     every dataset problem a user can fix, as one line
+    MissingSplitError             a DataError: the tree has no folder for that split
 
 Splits: "train" (50,000), "test" (10,000, only ever reported), "train45k" and "val5k" (model
 selection). See load.py for the formats and the cache, dataset.py for the split.
 """
 
-from cnnlab.data.dataset import SPLITS, ArrayDataset, DataError, train_val_split
+from cnnlab.data.dataset import SPLITS, ArrayDataset, DataError, MissingSplitError, train_val_split
 from cnnlab.data.load import cache_dir, load_dataset
 from cnnlab.data.transforms import (
     Normalize,
@@ -30,6 +31,7 @@ __all__ = [
     "SPLITS",
     "ArrayDataset",
     "DataError",
+    "MissingSplitError",
     "Normalize",
     "alternating_flips",
     "cache_dir",

@@ -31,6 +31,11 @@ class DataError(ValueError):
     """A dataset that cannot be read as asked; the message is one line, fit for a user."""
 
 
+class MissingSplitError(DataError):
+    """The dataset has no such split (an image-folder tree without that folder), so a caller
+    for whom the split is optional (validation, test) can go on without it."""
+
+
 @dataclass(frozen=True, eq=False, repr=False)
 class ArrayDataset:
     """A whole dataset as two tensors, ready to be moved to the training device in one go.

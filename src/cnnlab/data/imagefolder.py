@@ -26,7 +26,7 @@ import torch
 from PIL import Image
 from tqdm import tqdm
 
-from cnnlab.data.dataset import ArrayDataset, DataError
+from cnnlab.data.dataset import ArrayDataset, DataError, MissingSplitError
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".ppm", ".pgm", ".gif", ".webp", ".tif", ".tiff")
 
@@ -105,9 +105,9 @@ def _layout(
     return classes, {c: i for i, c in enumerate(classes)}
 
 
-def _split_error(root: str, split: str, found: Iterable[str]) -> DataError:
+def _split_error(root: str, split: str, found: Iterable[str]) -> MissingSplitError:
     names = ", ".join(sorted(found)) or "nothing"
-    return DataError(
+    return MissingSplitError(
         f"{root}: no split folder {split!r} (found: {names}); "
         f"expected {root}/{split}/<class>/<image>"
     )

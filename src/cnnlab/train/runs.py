@@ -16,7 +16,7 @@ from pathlib import Path
 
 from torch import Tensor
 
-from cnnlab.data import ArrayDataset, DataError, Normalize, load_dataset
+from cnnlab.data import ArrayDataset, DataError, MissingSplitError, Normalize, load_dataset
 from cnnlab.data.augment import CenterCrop
 from cnnlab.data.stream import DATA_MODES, ImageStream, StreamDataset, choose_mode, whole_images
 from cnnlab.data.views import TestTime
@@ -148,10 +148,8 @@ def train_from_spec(
 def _optional_split(data: str | os.PathLike, split: str, skip_corrupt: bool) -> ImageStream | None:
     try:
         return ImageStream.open(data, split, skip_corrupt=skip_corrupt)
-    except DataError as e:
-        if f"no split folder {split!r}" in str(e):
-            return None
-        raise
+    except MissingSplitError:
+        return None
 
 
 def evaluate_from_spec(
