@@ -1,0 +1,207 @@
+"""Recipe variants side by side, several seeds each: validation and test error, mean +- std.
+
+For tuning a recipe without looking at the test split (issue 8): every variant is trained on
+the paper's 45k images (`--split 45k`) and chosen by its error on the 5k validation images;
+the test error is printed beside it, for the record. A variant is a name and the `cnnlab
+train` options that make it (`-R KEY=VALUE` recipe fields, `--lr`, `--batch-size`, `-O`);
+each is trained with seeds 0 .. --seeds - 1 by `python -m cnnlab train` processes, --jobs at
+once (on a GPU a few small CIFAR runs at once fill it; on a 2-core CPU use 1: two training
+processes there slow each other about 10x). Run folders are OUT/<variant>-s<seed>; a run that
+ended is read, not trained again, and an interrupted one is resumed, so rerunning the same
+command finishes a sweep.
+
+    python benchmarks/recipe_sweep.py --data ../shared/datasets/cifar10-jpeg.tar.gz \\
+        --out runs/sweep --epochs 30 --seeds 5 --jobs 4 \\
+        --variant base= --variant cutout8="-R cutout=8" --variant lr0.4="--lr 0.4"
+
+The table gives, per variant, the final validation and test error (mean +- sample standard
+deviation over seeds) and the validation difference to the first variant with its standard
+error (the two means' standard errors combined): a difference of less than about two
+standard errors is not a decision. Written to OUT/sweep.json and OUT/sweep.md as well.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import shlex
+import statistics
+import subprocess
+import sys
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+
+@dataclass(frozen=True)
+class Variant:
+    """A name and the `cnnlab train` arguments that make the variant."""
+
+    name: str
+    args: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class Summary:
+    """A variant's final errors over its seeds (%), and its validation difference to the
+    first variant with that difference's standard error."""
+
+    name: str
+    args: str
+    seeds: int
+    val_mean: float | None
+    val_std: float | None
+    test_mean: float | None
+    test_std: float | None
+    val_delta: float | None
+    val_delta_se: float | None
+    minutes: float
+
+
+def parse_variant(text: str) -> Variant:
+    """NAME=ARGS, e.g. 'cutout8=-R cutout=8' (ARGS split as a shell would; may be empty)."""
+    name, sep, args = text.partition("=")
+    if not sep or not name or "/" in name:
+        raise argparse.ArgumentTypeError(
+            f"a variant is NAME=ARGS (e.g. cutout8='-R cutout=8', or base= for none), got {text!r}"
+        )
+    return Variant(name, tuple(shlex.split(args)))
+
+
+def final_errors(run: Path) -> dict[str, float] | None:
+    """The final validation and test error of a run folder that ended; None if it has not.
+
+    A run ended when its last metrics line is at the recipe's last step (config.json) and
+    carries an evaluation."""
+    config, metrics = run / "config.json", run / "metrics.jsonl"
+    if not (config.is_file() and metrics.is_file()):
+        return None
+    steps = json.loads(config.read_text())["recipe"]["steps"]
+    rows = []
+    for line in metrics.read_text().splitlines():
+        try:
+            rows.append(json.loads(line))
+        except json.JSONDecodeError:
+            continue  # an interrupted run's last line
+    if not rows or rows[-1].get("step") != steps:
+        return None
+    last = rows[-1]
+    if last.get("val_error") is None and last.get("test_error") is None:
+        return None
+    return {"val_error": last.get("val_error"), "test_error": last.get("test_error"),
+            "train_s": last.get("train_s") or 0.0}  # fmt: skip
+
+
+def _mean_std(values: Sequence[float]) -> tuple[float | None, float | None]:
+    if not values:
+        return None, None
+    return statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else None
+
+
+def summarize(variants: Sequence[Variant], results: dict[str, list[dict]]) -> list[Summary]:
+    """One Summary per variant from its runs' final errors (`final_errors` of each seed)."""
+    rows: list[Summary] = []
+    base_val: list[float] = []
+    for k, v in enumerate(variants):
+        runs = results.get(v.name, [])
+        val = [r["val_error"] for r in runs if r.get("val_error") is not None]
+        test = [r["test_error"] for r in runs if r.get("test_error") is not None]
+        if k == 0:
+            base_val = val
+        val_mean, val_std = _mean_std(val)
+        test_mean, test_std = _mean_std(test)
+        delta = se = None
+        if k > 0 and val and base_val:
+            delta = statistics.fmean(val) - statistics.fmean(base_val)
+            if len(val) > 1 and len(base_val) > 1:
+                se = math.sqrt(statistics.variance(val) / len(val)
+                               + statistics.variance(base_val) / len(base_val))  # fmt: skip
+        minutes = statistics.fmean([r["train_s"] for r in runs]) / 60 if runs else 0.0
+        rows.append(Summary(v.name, " ".join(v.args) or "(none)", len(runs), val_mean, val_std,
+                            test_mean, test_std, delta, se, minutes))  # fmt: skip
+    return rows
+
+
+def _pm(mean: float | None, std: float | None) -> str:
+    if mean is None:
+        return "-"
+    return f"{mean:.2f}" + (f" +- {std:.2f}" if std is not None else "")
+
+
+def table(rows: Sequence[Summary]) -> str:
+    """A markdown table of `summarize`'s rows."""
+    lines = ["| variant | options | seeds | val error (%) | test error (%) | val vs first "
+             "| minutes a run |", "|---|---|---|---|---|---|---|"]  # fmt: skip
+    for r in rows:
+        delta = "-" if r.val_delta is None else f"{r.val_delta:+.2f}"
+        if r.val_delta_se is not None:
+            delta += f" (se {r.val_delta_se:.2f})"
+        lines.append(f"| {r.name} | `{r.args}` | {r.seeds} | {_pm(r.val_mean, r.val_std)} "
+                     f"| {_pm(r.test_mean, r.test_std)} | {delta} | {r.minutes:.1f} |")  # fmt: skip
+    return "\n".join(lines)
+
+
+def train_command(args: argparse.Namespace, variant: Variant, seed: int, run: Path) -> list[str]:
+    """The `cnnlab train` command line of one run (with --resume where it has a checkpoint)."""
+    cmd = [sys.executable, "-m", "cnnlab", "train", args.model, "--data", args.data,
+           "--split", "45k", "--epochs", str(args.epochs), "--seed", str(seed),
+           "--out", str(run), "-q", *variant.args]  # fmt: skip
+    if args.device:
+        cmd += ["--device", args.device]
+    if (run / "checkpoint.pt").is_file():
+        cmd.append("--resume")
+    return cmd
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--data", required=True, help="cifar10, or a path (the JPEG copy)")
+    p.add_argument("--out", required=True, help="folder of the run folders (rerun to resume)")
+    p.add_argument("--model", default="resnet20")
+    p.add_argument("--epochs", type=float, default=30)
+    p.add_argument("--seeds", type=int, default=3)
+    p.add_argument("--jobs", type=int, default=1, help="runs at once (default 1)")
+    p.add_argument("--device", help="passed to cnnlab train (default: the GPU if any)")
+    p.add_argument("--variant", type=parse_variant, action="append", required=True,
+                   metavar="NAME=ARGS", help="repeatable; the first is the baseline")  # fmt: skip
+    args = p.parse_args(argv)
+    names = [v.name for v in args.variant]
+    if len(set(names)) != len(names):
+        p.error(f"variant names must differ, got {names}")
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    todo = [(v, s, out / f"{v.name}-s{s}") for v in args.variant for s in range(args.seeds)]
+    todo = [t for t in todo if final_errors(t[2]) is None]
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+
+    def run(item: tuple[Variant, int, Path]) -> tuple[str, int]:
+        variant, seed, folder = item
+        cmd = train_command(args, variant, seed, folder)
+        with open(folder.with_suffix(".log"), "a") as log:
+            rc = subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT, env=env).returncode
+        print(f"{folder.name}: {'ended' if rc == 0 else f'failed (exit {rc}), see its .log'}",
+              flush=True)  # fmt: skip
+        return folder.name, rc
+
+    print(f"{len(todo)} runs to train, {args.jobs} at once", flush=True)
+    with ThreadPoolExecutor(max(1, args.jobs)) as pool:
+        failed = [name for name, rc in pool.map(run, todo) if rc != 0]
+    results = {v.name: [r for s in range(args.seeds)
+                        if (r := final_errors(out / f"{v.name}-s{s}")) is not None]
+               for v in args.variant}  # fmt: skip
+    rows = summarize(args.variant, results)
+    text = table(rows)
+    print(text)
+    (out / "sweep.md").write_text(text + "\n")
+    (out / "sweep.json").write_text(json.dumps([asdict(r) for r in rows], indent=1) + "\n")
+    if failed:
+        print(f"failed: {', '.join(failed)}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

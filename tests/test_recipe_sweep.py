@@ -1,0 +1,100 @@
+"""benchmarks/recipe_sweep.py: variants x seeds of `cnnlab train`, final errors as mean +- std.
+
+The statistics are checked against hand-worked numbers; one small sweep trains for real (two
+variants, two seeds, a few steps on a tiny image folder) and is read back without training
+again when rerun.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import math
+import sys
+from pathlib import Path
+from types import ModuleType
+
+import pytest
+
+from test_train import make_image_folder
+
+SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "recipe_sweep.py"
+
+
+@pytest.fixture(scope="module")
+def sweep() -> ModuleType:
+    spec = importlib.util.spec_from_file_location("recipe_sweep", SCRIPT)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up there
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_parse_variant(sweep: ModuleType) -> None:
+    assert sweep.parse_variant("base=") == sweep.Variant("base", ())
+    v = sweep.parse_variant("mix=-R cutout=8 --lr 0.4")
+    assert v == sweep.Variant("mix", ("-R", "cutout=8", "--lr", "0.4"))
+    for bad in ("noequals", "=--lr 1", "a/b=--lr 1"):
+        with pytest.raises(argparse.ArgumentTypeError, match="NAME=ARGS"):
+            sweep.parse_variant(bad)
+
+
+def _run(folder: Path, steps: int, last_step: int, val: float | None) -> Path:
+    folder.mkdir(parents=True)
+    (folder / "config.json").write_text(json.dumps({"recipe": {"steps": steps}}))
+    rows = [
+        {"step": last_step // 2, "val_error": 50.0, "train_s": 1.0},
+        {"step": last_step, "val_error": val, "test_error": 12.0, "train_s": 120.0},
+    ]
+    (folder / "metrics.jsonl").write_text("\n".join(json.dumps(r) for r in rows) + "\n{")
+    return folder
+
+
+def test_final_errors_only_of_runs_that_ended(sweep: ModuleType, tmp_path: Path) -> None:
+    got = sweep.final_errors(_run(tmp_path / "done", 100, 100, 11.5))
+    assert got == {"val_error": 11.5, "test_error": 12.0, "train_s": 120.0}
+    assert sweep.final_errors(_run(tmp_path / "half", 100, 60, 20.0)) is None
+    assert sweep.final_errors(tmp_path / "missing") is None
+
+
+def test_summary_means_stds_and_difference_to_the_first(sweep: ModuleType) -> None:
+    base, other = sweep.Variant("base", ()), sweep.Variant("cut", ("-R", "cutout=8"))
+    results = {"base": [{"val_error": 12.0, "test_error": 13.0, "train_s": 60},
+                        {"val_error": 14.0, "test_error": 13.5, "train_s": 180}],
+               "cut": [{"val_error": 11.0, "test_error": 12.0, "train_s": 60},
+                       {"val_error": 11.0, "test_error": 12.5, "train_s": 60},
+                       {"val_error": 12.5, "test_error": 12.0, "train_s": 60}]}  # fmt: skip
+    first, second = sweep.summarize([base, other], results)
+    assert (first.val_mean, first.test_mean, first.minutes) == (13.0, 13.25, 2.0)
+    assert first.val_std == pytest.approx(math.sqrt(2))
+    assert first.val_delta is None
+    assert second.val_mean == pytest.approx(11.5) and second.val_delta == pytest.approx(-1.5)
+    # se = sqrt(var_a / n_a + var_b / n_b) = sqrt(2 / 2 + 0.75 / 3)
+    assert second.val_delta_se == pytest.approx(math.sqrt(1 + 0.25))
+    text = sweep.table([first, second])
+    assert "| base | `(none)` | 2 | 13.00 +- 1.41 | 13.25 +- 0.35 | - | 2.0 |" in text
+    assert "| cut | `-R cutout=8` | 3 | 11.50 +- 0.87 | 12.17 +- 0.29 | -1.50 (se 1.12) |" in text
+
+
+def test_a_small_sweep_trains_and_resumes(
+    sweep: ModuleType, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys
+) -> None:
+    monkeypatch.setenv("CNNLAB_CACHE", str(tmp_path / "cache"))
+    data = make_image_folder(tmp_path / "data", train=10)
+    out = tmp_path / "sweep"
+    small = "--batch-size 8 --precision fp32"  # 27 training images: 4 steps an epoch
+    argv = ["--data", str(data), "--out", str(out), "--epochs", "1", "--seeds", "2", "--jobs", "2",
+            "--device", "cpu", "--variant", f"base={small}",
+            "--variant", f"smooth0={small} -R label_smoothing=0"]  # fmt: skip
+    assert sweep.main(argv) == 0
+    printed = capsys.readouterr().out
+    assert "4 runs to train" in printed
+    rows = json.loads((out / "sweep.json").read_text())
+    assert [(r["name"], r["seeds"]) for r in rows] == [("base", 2), ("smooth0", 2)]
+    assert all(0 <= r["val_mean"] <= 100 and r["val_std"] is not None for r in rows)
+    config = json.loads((out / "smooth0-s1" / "config.json").read_text())
+    assert (config["seed"], config["split"], config["recipe"]["label_smoothing"]) == (1, "45k", 0)
+    assert sweep.main(argv) == 0  # everything ended: read back, nothing trained
+    assert "0 runs to train" in capsys.readouterr().out
