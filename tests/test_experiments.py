@@ -326,6 +326,27 @@ def test_interrupted_run_is_resumed(
     assert json.loads((folder / "config.json").read_text())["resumes"][0]["step"] == 1
 
 
+def test_report_only_trains_nothing_and_names_the_runs_left(
+    data: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    claim = Claim("resnet20", "lower", "plain20", "test", "f", "s")
+    runs = (RunSpec("plain20"), RunSpec("resnet20"))
+    exp = Experiment("mini", "mini", "tests", runs=runs, panels=(), claims=(claim,))
+    out = tmp_path / "exp"
+    how = {"steps": STEPS, "batch_size": BATCH, "progress": False}
+    # An experiment stopped part-way: plain20 ended, resnet20 never started.
+    run_experiment(Experiment("mini", "mini", "tests", runs=exp.runs[:1], panels=()), data, out,
+                   **how)  # fmt: skip
+    monkeypatch.setattr(run_module, "train", lambda *a, **k: pytest.fail("trained"))
+    report = run_experiment(exp, data, out, report_only=True, **how).read_text()
+    assert "| resnet20 |" in report and "| plain20 |" in report
+    assert "Not trained yet (1 of 2 runs): resnet20; the same command trains them" in report
+    assert "resnet20 vs plain20: not compared (resnet20 has no finished run)" in report
+    assert not run_dir(out, exp.runs[1], 0).exists()
+    with pytest.raises(ValueError, match="--report-only is for experiments with a fixed set"):
+        run_experiment("relu-vs-tanh", data, out, report_only=True, **how)
+
+
 def test_diverged_run_is_reported_and_not_retried(
     data: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

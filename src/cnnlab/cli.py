@@ -150,6 +150,7 @@ def _cmd_experiment(args: argparse.Namespace) -> int:
         recipe=args.recipe, precision=args.precision, batch_size=args.batch_size,
         limit_train=args.limit_train, limit_test=args.limit_test, lrs=args.lrs,
         device=args.device, compile=args.compile, progress=not args.quiet, jobs=args.jobs,
+        report_only=args.report_only,
     )  # fmt: skip
     print(f"wrote {report}")
     return 0
@@ -411,6 +412,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--compile", action="store_true", help="torch.compile the training step")
     p.add_argument("--jobs", type=int, default=1,
                    help="runs trained at once, a process each (GPU only; default: 1)")  # fmt: skip
+    p.add_argument("--report-only", action="store_true",
+                   help="train nothing: the report of the runs that have ended, with the same "
+                   "options as the command that trained them")  # fmt: skip
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bars or run lines")
     p.set_defaults(func=_cmd_experiment)
 

@@ -476,6 +476,11 @@ def write_report(
         lines += ["", "## Figures", ""]
         lines += [f"![{caption}]({path.name})\n\n{caption}\n" for path, caption in figures]
     notes = list(exp.notes) + notes
+    unfinished = [r.spec.name for r in rows if r.registered and r.finished + r.diverged == 0]
+    if unfinished:
+        notes.insert(0, f"Not trained yet ({len(unfinished)} of {len(rows)} runs): "
+                     f"{', '.join(unfinished)}; the same command trains them (the runs above "
+                     "are kept) and writes this report again.")  # fmt: skip
     for r in rows:
         if not r.registered:
             paper = f" (paper: {_paper(r)})" if r.paper else ""

@@ -130,6 +130,7 @@ def run_experiment(
     cache_dir: str | os.PathLike | None = None,
     progress: bool = True,
     jobs: int = 1,
+    report_only: bool = False,
     _allow_cpu_jobs: bool = False,
 ) -> Path:
     """Train what an experiment needs, skipping ended runs, then write its report.
@@ -159,6 +160,8 @@ def run_experiment(
         jobs: runs trained at once, each in its own process on `device` (see the module
             docstring); 1 (default): one after the other in this process. More than 1 needs
             a GPU.
+        report_only: train nothing: write the report of the runs that have ended (an
+            experiment stopped part-way; the report names the runs still to train).
         _allow_cpu_jobs: for tests only: let jobs > 1 run on the CPU.
 
     Returns:
@@ -173,6 +176,11 @@ def run_experiment(
     """
     exp = get_experiment(experiment) if isinstance(experiment, str) else experiment
     if isinstance(exp, SpeedExperiment):
+        if report_only:
+            raise ValueError(
+                f"--report-only is for experiments with a fixed set of runs, not {exp.name}: "
+                "its learning-rate search decides its runs as it goes; rerun it to resume"
+            )
         from cnnlab.experiments.speed import run_speed_experiment  # speed.py imports this module
 
         return run_speed_experiment(
@@ -221,7 +229,9 @@ def run_experiment(
         else:
             pending.append(_Run(head, spec, seed, folder, resume=status == "started"))
 
-    if jobs > 1 and pending:
+    if report_only:
+        _say(progress and bool(pending), f"--report-only: {len(pending)} runs not trained")
+    elif jobs > 1 and pending:
         _train_in_pool(pending, how, jobs, progress)
     else:
         _train_in_order(pending, how, progress)
