@@ -4,25 +4,43 @@ tiny_cifar_archive(...)   an archive (or extracted folder) in the official CIFAR
 tiny_image_folder(...)    root/<split>/<class>/<n>.png|jpg with known pixels
 pack_tar(root, dest)      a .tar.gz of a folder's contents
 local_http_server(dir)    serve a folder on 127.0.0.1 (a free port); returns its base URL
+load_benchmark(name)      a script of benchmarks/ (not a package) as a module
 """
 
 from __future__ import annotations
 
 import functools
 import http.server
+import importlib.util
 import io
 import pickle
+import sys
 import tarfile
 import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from types import ModuleType
 
 import numpy as np
 import pytest
 import torch
 from PIL import Image
 from torch import Tensor
+
+BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
+
+
+def load_benchmark(name: str) -> ModuleType:
+    """benchmarks/<name>.py as a module (benchmarks/ is not a package), registered in
+    sys.modules under its name, where dataclasses look their module up."""
+    spec = importlib.util.spec_from_file_location(name, BENCHMARKS / f"{name}.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    spec.loader.exec_module(module)
+    return module
+
 
 CIFAR10_CLASSES = (
     "airplane",

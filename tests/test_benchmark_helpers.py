@@ -6,26 +6,19 @@ anything that a test asserts on.
 
 from __future__ import annotations
 
-import importlib.util
 import math
-from pathlib import Path
 from types import ModuleType
 
 import pytest
 import torch
 
 import cnnlab
-
-SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "train_throughput.py"
+from conftest import load_benchmark
 
 
 @pytest.fixture(scope="module")
 def bench() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("train_throughput", SCRIPT)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_benchmark("train_throughput")
 
 
 def test_training_flops_are_six_times_the_measured_macs(bench: ModuleType) -> None:

@@ -8,28 +8,20 @@ again when rerun.
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 import math
-import sys
 from pathlib import Path
 from types import ModuleType
 
 import pytest
 
+from conftest import load_benchmark
 from test_train import make_image_folder
-
-SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "recipe_sweep.py"
 
 
 @pytest.fixture(scope="module")
 def sweep() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("recipe_sweep", SCRIPT)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up there
-    spec.loader.exec_module(module)
-    return module
+    return load_benchmark("recipe_sweep")
 
 
 def test_parse_variant(sweep: ModuleType) -> None:

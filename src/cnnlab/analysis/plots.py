@@ -21,7 +21,6 @@ shown and of which network, axes are labelled, panels carry class names, curves 
 
 from __future__ import annotations
 
-import json
 import math
 import textwrap
 import warnings
@@ -52,7 +51,7 @@ from cnnlab.analysis.features import (
     stage_outputs,
 )
 from cnnlab.analysis.responses import RESPONSE_IMAGES, LayerResponses, run_responses
-from cnnlab.analysis.time_to_accuracy import Timeline, reached, read_timeline
+from cnnlab.analysis.time_to_accuracy import Timeline, metrics_rows, reached, read_timeline
 from cnnlab.models.registry import UnknownModelError, model_card
 
 __all__ = [
@@ -354,19 +353,7 @@ def read_run(run_dir: str | Path, name: str | None = None) -> RunCurves:
     """
     path = Path(run_dir)
     file = path if path.is_file() else path / "metrics.jsonl"
-    if not file.is_file():
-        raise FileNotFoundError(f"no metrics.jsonl in {path} (is it a run folder?)")
-    rows = []
-    for k, line in enumerate(file.read_text().splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError:
-            warnings.warn(f"{file}:{k}: not a JSON line, skipped", stacklevel=2)
-            continue
-        if isinstance(row, dict) and isinstance(row.get("step"), int | float):
-            rows.append(row)
+    rows = [r for r in metrics_rows(file) if isinstance(r.get("step"), int | float)]
 
     def series(key: str) -> tuple[tuple[int, ...], tuple[float, ...]]:
         pts = [(int(r["step"]), float(r[key])) for r in rows if _is_number(r.get(key))]

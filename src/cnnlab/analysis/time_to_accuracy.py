@@ -7,6 +7,7 @@ reaches a target at the first evaluation whose test error is at or below it: the
 the training time of that line are its time to accuracy. Runs evaluate every so often, so
 this is an upper bound by at most one evaluation interval.
 
+    metrics_rows           the JSON lines of a metrics.jsonl (plots.read_run reads them too)
     read_timeline          one run's test errors against epochs and training seconds
     reached                the first evaluation at or below a target error
     time_to_accuracy_table a markdown table: machine, epochs and minutes to the target, final
@@ -22,7 +23,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-__all__ = ["Reached", "Timeline", "machine_label", "read_timeline", "reached",
+__all__ = ["Reached", "Timeline", "machine_label", "metrics_rows", "read_timeline", "reached",
            "time_to_accuracy_table"]  # fmt: skip
 
 
@@ -68,6 +69,29 @@ def _number(v: object) -> bool:
     return isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v)
 
 
+def metrics_rows(file: Path) -> list[dict]:
+    """The lines of a run's metrics.jsonl that are JSON objects; an unreadable line (the last
+    line of an interrupted run) is skipped with a warning.
+
+    Raises:
+        FileNotFoundError: no such file.
+    """
+    if not file.is_file():
+        raise FileNotFoundError(f"no metrics.jsonl in {file.parent} (is it a run folder?)")
+    rows = []
+    for k, line in enumerate(file.read_text().splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError:
+            warnings.warn(f"{file}:{k}: not a JSON line, skipped", stacklevel=3)
+            continue
+        if isinstance(row, dict):
+            rows.append(row)
+    return rows
+
+
 def read_timeline(run_dir: str | Path, name: str | None = None) -> Timeline:
     """The test evaluations of a run folder, with the machine of its config.json.
 
@@ -84,17 +108,7 @@ def read_timeline(run_dir: str | Path, name: str | None = None) -> Timeline:
     """
     folder = Path(run_dir)
     file = folder / "metrics.jsonl"
-    if not file.is_file():
-        raise FileNotFoundError(f"no metrics.jsonl in {folder} (is it a run folder?)")
-    rows = []
-    for k, line in enumerate(file.read_text().splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            rows.append(json.loads(line))
-        except json.JSONDecodeError:
-            warnings.warn(f"{file}:{k}: not a JSON line, skipped", stacklevel=2)
-    rows = [r for r in rows if isinstance(r, dict)]
+    rows = metrics_rows(file)
     split = "test" if any(_number(r.get("test_error")) for r in rows) else "val"
     points = []
     for r in rows:
