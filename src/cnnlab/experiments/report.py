@@ -39,7 +39,7 @@ from cnnlab.analysis.features import spread_subset
 from cnnlab.analysis.plots import DPI, RunCurves, curves_figure, plot_responses, read_run
 from cnnlab.analysis.responses import RESPONSE_IMAGES, mean_responses, run_responses
 from cnnlab.data import ArrayDataset, load_dataset
-from cnnlab.experiments.definitions import Claim, Experiment, RunSpec
+from cnnlab.experiments.definitions import Claim, Experiment, RunSpec, SpeedExperiment
 from cnnlab.models.registry import Reported, list_models
 from cnnlab.train.recipes import Recipe, get_recipe
 from cnnlab.train.schedules import model_depth
@@ -402,6 +402,20 @@ def _paper(row: RunSummary) -> str:
     return row.spec.note or "—"
 
 
+def report_opening(exp: Experiment | SpeedExperiment) -> list[str]:
+    """A report's first lines: its title, what it reproduces, and the head of its settings
+    table (each report then adds its own rows)."""
+    return [
+        f"# {exp.title}",
+        "",
+        f"Reproduces {exp.source}. Made by `cnnlab experiment {exp.name}`; every number below "
+        "is read from the run folders in `runs/`.",
+        "",
+        "| setting | value |",
+        "|---|---|",
+    ]
+
+
 def write_report(
     exp: Experiment,
     out: str | Path,
@@ -423,13 +437,7 @@ def write_report(
     budget = f"{recipe.steps / base:.4g}" if settings.budget is None else f"{settings.budget:g}"
     wall = sum(r.wall_s for r in rows)
     lines = [
-        f"# {exp.title}",
-        "",
-        f"Reproduces {exp.source}. Made by `cnnlab experiment {exp.name}`; every number below "
-        "is read from the run folders in `runs/`.",
-        "",
-        "| setting | value |",
-        "|---|---|",
+        *report_opening(exp),
         f"| data | {_data_line(settings, rows)} |",
         f"| recipe | {recipe.name}, from {recipe.source}; batch {recipe.batch_size}, "
         f"{_schedule(recipe)}; {recipe.precision} |",

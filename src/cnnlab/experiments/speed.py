@@ -57,6 +57,7 @@ from cnnlab.experiments.report import (
     fixed_subset,
     machine_text,
     mean_std,
+    report_opening,
 )
 from cnnlab.experiments.run import make_recipe, run_status
 from cnnlab.train.checkpoint import atomic_write
@@ -465,13 +466,7 @@ def write_speed_report(exp: SpeedExperiment, out: str | Path, settings: SpeedSet
     wall = sum(r.elapsed_s for r in every)
     start = grid[len(grid) // 2]
     lines = [
-        f"# {exp.title}",
-        "",
-        f"Reproduces {exp.source}. Made by `cnnlab experiment {exp.name}`; every number below "
-        "is read from the run folders in `runs/`.",
-        "",
-        "| setting | value |",
-        "|---|---|",
+        *report_opening(exp),
         f"| data | {_data_line(settings, config)} |",
         f"| networks | {', '.join(s.name for s in exp.runs)} |",
         f"| recipe | {recipe.name}, from {recipe.source}; batch {recipe.batch_size}, "
