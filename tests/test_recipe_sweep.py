@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 from pathlib import Path
 from types import ModuleType
 
@@ -70,23 +71,34 @@ def test_summary_means_stds_and_difference_to_the_first(sweep: ModuleType) -> No
     assert "| cut | `-R cutout=8` | 3 | 11.50 +- 0.87 | 12.17 +- 0.29 | -1.50 (se 1.12) |" in text
 
 
+def test_cpu_runs_at_once_share_the_cores(sweep: ModuleType) -> None:
+    assert sweep.cpu_threads(2, "cpu", 2) == 1
+    assert sweep.cpu_threads(3, None, 16) == 5
+    assert sweep.cpu_threads(4, "cpu", 2) == 1  # never fewer than one
+    assert sweep.cpu_threads(1, "cpu", 2) is None  # one run: torch's own default
+    assert sweep.cpu_threads(4, "cuda", 16) is None
+
+
 def test_a_small_sweep_trains_and_resumes(
     sweep: ModuleType, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys
 ) -> None:
     monkeypatch.setenv("CNNLAB_CACHE", str(tmp_path / "cache"))
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
     data = make_image_folder(tmp_path / "data", train=10)
     out = tmp_path / "sweep"
     small = "--batch-size 8 --precision fp32"  # 27 training images: 4 steps an epoch
     argv = ["--data", str(data), "--out", str(out), "--epochs", "1", "--seeds", "2", "--jobs", "2",
-            "--device", "cpu", "--variant", f"base={small}",
-            "--variant", f"smooth0={small} -R label_smoothing=0"]  # fmt: skip
+            "--first-seed", "3", "--device", "cpu", "--variant", f"base={small}",
+            "--variant", f"ls0.0={small} -R label_smoothing=0"]  # fmt: skip
     assert sweep.main(argv) == 0
     printed = capsys.readouterr().out
     assert "4 runs to train" in printed
     rows = json.loads((out / "sweep.json").read_text())
-    assert [(r["name"], r["seeds"]) for r in rows] == [("base", 2), ("smooth0", 2)]
+    assert [(r["name"], r["seeds"]) for r in rows] == [("base", 2), ("ls0.0", 2)]
     assert all(0 <= r["val_mean"] <= 100 and r["val_std"] is not None for r in rows)
-    config = json.loads((out / "smooth0-s1" / "config.json").read_text())
-    assert (config["seed"], config["split"], config["recipe"]["label_smoothing"]) == (1, "45k", 0)
+    config = json.loads((out / "ls0.0-s4" / "config.json").read_text())
+    assert (config["seed"], config["split"], config["recipe"]["label_smoothing"]) == (4, "45k", 0)
+    assert config["machine"]["torch_threads"] == sweep.cpu_threads(2, "cpu", os.cpu_count())
+    assert (out / "ls0.0-s4.log").is_file()  # a dot in the name stays in the log's name
     assert sweep.main(argv) == 0  # everything ended: read back, nothing trained
     assert "0 runs to train" in capsys.readouterr().out
