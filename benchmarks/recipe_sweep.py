@@ -5,12 +5,10 @@ the paper's 45k images (`--split 45k`) and chosen by its error on the 5k validat
 the test error is printed beside it, for the record. A variant is a name and the `cnnlab
 train` options that make it (`-R KEY=VALUE` recipe fields, `--lr`, `--batch-size`, `-O`);
 each is trained with seeds 0 .. --seeds - 1 by `python -m cnnlab train` processes, --jobs at
-once (on a GPU a few small CIFAR runs at once fill it). On a CPU the cores are shared out:
-each of the --jobs runs gets cores // jobs threads (OMP_NUM_THREADS), since two processes that
-each take every core slow each other about 10x; two one-thread resnet20 runs on the project's
-2-core CPU train 1.1x the images per second of one two-thread run (measured, bf16). Run folders are OUT/<variant>-s<seed>; a run that
-ended is read, not trained again, and an interrupted one is resumed, so rerunning the same
-command finishes a sweep.
+once (on a GPU a few small CIFAR runs at once fill it; on a CPU each gets its share of the
+cores, cnnlab.train.hardware.threads_per_run: --jobs 2 on two cores trains 1.17x the images/s
+of one run). Run folders are OUT/<variant>-s<seed>; a run that ended is read, not trained
+again, and an interrupted one is resumed, so rerunning the same command finishes a sweep.
 
     python benchmarks/recipe_sweep.py --data ../shared/datasets/cifar10-jpeg.tar.gz \\
         --out runs/sweep --epochs 30 --seeds 5 --jobs 4 \\
@@ -20,6 +18,11 @@ The table gives, per variant, the final validation and test error (mean +- sampl
 deviation over seeds) and the validation difference to the first variant with its standard
 error (the two means' standard errors combined): a difference of less than about two
 standard errors is not a decision. Written to OUT/sweep.json and OUT/sweep.md as well.
+
+Once a recipe is chosen, `--split full` trains it on all 50k images for its test error over
+seeds (no validation images, so no difference column: nothing is chosen on the test split),
+and leaving out --epochs trains each variant for its recipe's own length (`--recipe he2015`:
+the paper's 164 epochs).
 """
 
 from __future__ import annotations
@@ -36,6 +39,8 @@ from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
+
+from cnnlab.train.hardware import threads_per_run
 
 
 @dataclass(frozen=True)
@@ -149,8 +154,10 @@ def table(rows: Sequence[Summary]) -> str:
 def train_command(args: argparse.Namespace, variant: Variant, seed: int, run: Path) -> list[str]:
     """The `cnnlab train` command line of one run (with --resume where it has a checkpoint)."""
     cmd = [sys.executable, "-m", "cnnlab", "train", args.model, "--data", args.data,
-           "--split", "45k", "--epochs", str(args.epochs), "--seed", str(seed),
-           "--out", str(run), "-q", *variant.args]  # fmt: skip
+           "--split", args.split, "--seed", str(seed), "--out", str(run), "-q",
+           *variant.args]  # fmt: skip
+    if args.epochs is not None:
+        cmd += ["--epochs", str(args.epochs)]
     if args.device:
         cmd += ["--device", args.device]
     if (run / "checkpoint.pt").is_file():
@@ -158,24 +165,19 @@ def train_command(args: argparse.Namespace, variant: Variant, seed: int, run: Pa
     return cmd
 
 
-def cpu_threads(jobs: int, device: str | None, cores: int) -> int | None:
-    """Threads for each of `jobs` CPU runs at once (cores shared out, at least one); None when
-    one run has the machine or the runs are on a named GPU (torch's default then)."""
-    if jobs <= 1 or (device is not None and device != "cpu"):
-        return None
-    return max(1, cores // jobs)
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--data", required=True, help="cifar10, or a path (the JPEG copy)")
     p.add_argument("--out", required=True, help="folder of the run folders (rerun to resume)")
     p.add_argument("--model", default="resnet20")
-    p.add_argument("--epochs", type=float, default=30)
+    p.add_argument("--epochs", type=float, help="default: the recipe's own length")
+    p.add_argument("--split", choices=("45k", "full"), default="45k",
+                   help="45k (default): tune on the 5k validation images; full: the 50k, for "
+                   "the test error of a recipe already chosen")  # fmt: skip
     p.add_argument("--seeds", type=int, default=3)
-    p.add_argument("--jobs", type=int, default=1, help="runs at once (default 1)")
     p.add_argument("--first-seed", type=int, default=0,
-                   help="seeds are first-seed .. first-seed + seeds - 1 (default 0)")
+                   help="seeds are first-seed .. first-seed + seeds - 1 (default 0)")  # fmt: skip
+    p.add_argument("--jobs", type=int, default=1, help="runs at once (default 1)")
     p.add_argument("--device", help="passed to cnnlab train (default: the GPU if any)")
     p.add_argument("--variant", type=parse_variant, action="append", required=True,
                    metavar="NAME=ARGS", help="repeatable; the first is the baseline")  # fmt: skip
@@ -189,9 +191,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     todo = [(v, s, out / f"{v.name}-s{s}") for v in args.variant for s in seeds]
     todo = [t for t in todo if final_errors(t[2]) is None]
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    threads = cpu_threads(args.jobs, args.device, os.cpu_count() or 1)
-    if threads is not None and "OMP_NUM_THREADS" not in os.environ:
-        env["OMP_NUM_THREADS"] = str(threads)
+    threads = threads_per_run(args.jobs) if args.device in (None, "cpu") else None
+    if threads is not None:
+        env["OMP_NUM_THREADS"] = str(threads)  # each run's share of the CPU
 
     def run(item: tuple[Variant, int, Path]) -> tuple[str, int]:
         variant, seed, folder = item

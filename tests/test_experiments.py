@@ -406,9 +406,18 @@ def test_jobs_are_checked_before_anything_is_loaded_or_written(
     for jobs in (0, -1):
         with pytest.raises(ValueError, match=f"--jobs must be at least 1.*got {jobs}"):
             run_tiny(data, out, jobs=jobs)
-    with pytest.raises(ValueError, match=r"^--jobs 2 needs a GPU: on the CPU.*10x.*use --jobs 1$"):
-        run_tiny(data, out, jobs=2, device="cpu")
     assert not out.exists()
+
+
+def test_a_cpu_worker_takes_its_share_of_the_cores() -> None:
+    before = torch.get_num_threads()
+    try:
+        run_module._start_worker(3)
+        assert torch.get_num_threads() == 3
+        run_module._start_worker(None)  # on a GPU: left as it is
+        assert torch.get_num_threads() == 3
+    finally:
+        torch.set_num_threads(before)
 
 
 def test_jobs_train_in_worker_processes_as_in_order(
@@ -418,7 +427,7 @@ def test_jobs_train_in_worker_processes_as_in_order(
     monkeypatch: pytest.MonkeyPatch,
     capsys: pytest.CaptureFixture,
 ) -> None:
-    """Runs of TINY in 2 processes on the CPU (allowed for tests): three ended before (skipped),
+    """Runs of TINY in 2 processes on the CPU: three ended before (skipped),
     one interrupted (resumed in a worker), two new. Each ends as in `finished`, trained in order
     in this process with the same seeds on one thread: the same losses, bitwise the same weights."""
     monkeypatch.setenv("OMP_NUM_THREADS", "1")  # the workers' torch threads: spawned, they inherit
@@ -436,7 +445,7 @@ def test_jobs_train_in_worker_processes_as_in_order(
           progress=False)  # fmt: skip
 
     options = {"steps": STEPS, "batch_size": BATCH, "seeds": SEEDS, "device": "cpu"}
-    report = run_experiment(exp, data, out, jobs=2, _allow_cpu_jobs=True, **options)
+    report = run_experiment(exp, data, out, jobs=2, **options)
     lines = capsys.readouterr().out.splitlines()
     assert "[1/6] plain20-s0: ended before, skipped" in lines
     assert f"training 3 runs, 2 at a time on cpu, {STEPS} steps of {BATCH} each" in lines
@@ -477,7 +486,7 @@ def test_a_run_failing_in_a_worker_is_named(
     (folder / "checkpoint.pt").write_bytes(b"not a checkpoint")  # an interrupted run, damaged
     with pytest.raises(ValueError, match=r"^run resnet20-s0 failed: .*checkpoint\.pt"):
         run_experiment(exp, data, out, steps=STEPS, batch_size=BATCH, progress=False, jobs=2,
-                       device="cpu", _allow_cpu_jobs=True)  # fmt: skip
+                       device="cpu")  # fmt: skip
     assert not (folder / RESULT_FILE).exists() and not (out / "report.md").exists()
 
 
@@ -487,7 +496,4 @@ def test_cli_refuses_jobs(data: Path, tmp_path: Path, capsys: pytest.CaptureFixt
     assert main([*args, "--jobs", "0"]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "--jobs must be at least 1" in err
-    assert main([*args, "--jobs", "2", "--device", "cpu"]) == 2
-    err = capsys.readouterr().err
-    assert err.count("\n") == 1 and "--jobs 2 needs a GPU" in err
     assert not out.exists()

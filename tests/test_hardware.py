@@ -249,3 +249,13 @@ def test_recipe_options_from_the_command_line(tmp_path: Path, monkeypatch, capsy
         err = capsys.readouterr().err
         assert err.count("\n") == 1 and expected in err, err
     assert not (tmp_path / "other").exists()
+
+
+def test_runs_at_once_share_the_cpu_cores(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    assert hardware.threads_per_run(2, cores=2) == 1
+    assert hardware.threads_per_run(3, cores=16) == 5
+    assert hardware.threads_per_run(4, cores=2) == 1  # never fewer than one
+    assert hardware.threads_per_run(1, cores=2) is None  # one run: torch's own default
+    monkeypatch.setenv("OMP_NUM_THREADS", "2")
+    assert hardware.threads_per_run(2, cores=16) is None  # the user's choice stands

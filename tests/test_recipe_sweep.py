@@ -16,6 +16,7 @@ from types import ModuleType
 
 import pytest
 
+from cnnlab.train.hardware import threads_per_run
 from conftest import load_benchmark
 from test_train import make_image_folder
 
@@ -71,14 +72,6 @@ def test_summary_means_stds_and_difference_to_the_first(sweep: ModuleType) -> No
     assert "| cut | `-R cutout=8` | 3 | 11.50 +- 0.87 | 12.17 +- 0.29 | -1.50 (se 1.12) |" in text
 
 
-def test_cpu_runs_at_once_share_the_cores(sweep: ModuleType) -> None:
-    assert sweep.cpu_threads(2, "cpu", 2) == 1
-    assert sweep.cpu_threads(3, None, 16) == 5
-    assert sweep.cpu_threads(4, "cpu", 2) == 1  # never fewer than one
-    assert sweep.cpu_threads(1, "cpu", 2) is None  # one run: torch's own default
-    assert sweep.cpu_threads(4, "cuda", 16) is None
-
-
 def test_a_small_sweep_trains_and_resumes(
     sweep: ModuleType, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys
 ) -> None:
@@ -98,7 +91,7 @@ def test_a_small_sweep_trains_and_resumes(
     assert all(0 <= r["val_mean"] <= 100 and r["val_std"] is not None for r in rows)
     config = json.loads((out / "ls0.0-s4" / "config.json").read_text())
     assert (config["seed"], config["split"], config["recipe"]["label_smoothing"]) == (4, "45k", 0)
-    assert config["machine"]["torch_threads"] == sweep.cpu_threads(2, "cpu", os.cpu_count())
+    assert config["machine"]["torch_threads"] == threads_per_run(2, os.cpu_count())
     assert (out / "ls0.0-s4.log").is_file()  # a dot in the name stays in the log's name
     assert sweep.main(argv) == 0  # everything ended: read back, nothing trained
     assert "0 runs to train" in capsys.readouterr().out

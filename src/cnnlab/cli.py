@@ -411,7 +411,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", help="cpu, cuda, cuda:N (default: the GPU if any)")
     p.add_argument("--compile", action="store_true", help="torch.compile the training step")
     p.add_argument("--jobs", type=int, default=1,
-                   help="runs trained at once, a process each (GPU only; default: 1)")  # fmt: skip
+                   help="runs trained at once, a process each (on a CPU each gets its share of "
+                   "the cores; default: 1)")  # fmt: skip
     p.add_argument("--report-only", action="store_true",
                    help="train nothing: the report of the runs that have ended, with the same "
                    "options as the command that trained them")  # fmt: skip
