@@ -268,6 +268,7 @@ def test_runs_report_and_figures(finished: Path) -> None:
     assert "trained on the CPU" in text and "torch " in text
     assert "- resnet32 ended with " in text  # a finding computed from the numbers
     assert "resnet999 is not registered" in text
+    assert "no model selection, as the papers' numbers were (tests; " in text  # its own source
     for name in ("curves.png", "error-vs-depth.png", "responses.png"):
         assert f"]({name})" in text  # a relative link: the folder can be copied whole
         with Image.open(finished / name) as im:

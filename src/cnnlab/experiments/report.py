@@ -463,8 +463,8 @@ def write_report(
         "Ours: the final weights' error, mean ± sample standard deviation over the seeds "
         "(one number for one seed); training error over the last 5% of steps, on augmented "
         "mini-batches. Trained on the training split and evaluated on the test split with no "
-        "model selection, as for the paper's Table 6 and the test curves of its Fig. 6 (the "
-        "paper used a 45k/5k split only to choose its schedule, section 4.2).",
+        f"model selection, as the papers' numbers were ({exp.source}; He et al. 2015 used a "
+        "45k/5k split only to choose the schedule, section 4.2).",
         "",
         "## Findings",
         "",
