@@ -191,13 +191,7 @@ def run_experiment(
     if lrs is not None:
         raise ValueError(f"--lrs is for a learning-rate search (relu-vs-tanh), not {exp.name}")
     recipe = recipe or "he2015"
-    if seeds < 1:
-        raise ValueError(f"seeds must be at least 1, got {seeds}")
-    if jobs < 1:
-        raise ValueError(f"--jobs must be at least 1 (runs trained at once), got {jobs}")
-    for name, limit in (("limit_train", limit_train), ("limit_test", limit_test)):
-        if limit is not None and limit < 1:
-            raise ValueError(f"{name} must be at least 1, got {limit}")
+    check_counts(seeds=seeds, jobs=jobs, limit_train=limit_train, limit_test=limit_test)
     dev = resolve_device(device)
     chosen = make_recipe(
         recipe, budget=budget, steps=steps, batch_size=batch_size, precision=precision
@@ -231,6 +225,15 @@ def run_experiment(
         _train_in_order(pending, how, progress)
 
     return write_report(exp, out, settings, cache_dir=cache_dir)
+
+
+def check_counts(**counts: int | None) -> None:
+    """Refuse a count below one (seeds, jobs, limit_train, limit_test; None: not given)."""
+    meaning = {"jobs": " (runs trained at once)"}
+    for name, n in counts.items():
+        if n is not None and n < 1:
+            option = "--" + name.replace("_", "-")
+            raise ValueError(f"{option} must be at least 1{meaning.get(name, '')}, got {n}")
 
 
 @dataclass(frozen=True)

@@ -59,7 +59,7 @@ from cnnlab.experiments.report import (
     mean_std,
     report_opening,
 )
-from cnnlab.experiments.run import make_recipe, run_status
+from cnnlab.experiments.run import check_counts, make_recipe, run_status
 from cnnlab.train.checkpoint import atomic_write
 from cnnlab.train.distributed import resolve_device
 from cnnlab.train.hardware import cpu_name
@@ -224,16 +224,13 @@ def run_speed_experiment(
         ValueError: bad options, or `out` holding runs made with other settings; raised before
             anything is loaded or written where the folder shows it.
     """
-    if seeds < 1:
-        raise ValueError(f"seeds must be at least 1, got {seeds}")
+    check_counts(seeds=seeds, limit_train=limit_train)
     if jobs != 1:
         raise ValueError(
             f"{exp.name} searches its learning rates one run after another: use --jobs 1"
         )
     if limit_test is not None:
         raise ValueError(f"{exp.name} measures training error only; it takes no --limit-test")
-    if limit_train is not None and limit_train < 1:
-        raise ValueError(f"limit_train must be at least 1, got {limit_train}")
     grid = tuple(float(lr) for lr in (lrs if lrs else exp.lrs))
     if list(grid) != sorted(set(grid)) or grid[0] <= 0:
         raise ValueError(f"the learning rates must be positive and ascending, got {grid}")
