@@ -240,9 +240,13 @@ HE2015 = Recipe(
 # - precision and layout by the hardware (bfloat16 where native; weights stay float32).
 # Measured for issue 8 (resnet20, 45k split, error on the 5k validation images, one seed each,
 # docs/results/issue8-proxies): at 10 epochs the paper's weight decay 1e-4 without smoothing
-# 17.6% against 16.8% (kept 5e-4 and 0.1); at 30 epochs -R flip=alternate -R cutout=8
-# -R ema=0.999 together 12.1% against 12.6% (13.1% against 13.3% test), inside what one seed
-# decides, so not yet the default. At 92 epochs (`--time 1` on an H100) fast ends at 11.9%.
+# 17.6% against 16.8% (kept 5e-4 and 0.1); against 16.3%: lr 0.4 15.0%, lr 0.8 15.5%, batch 128
+# at lr 0.2 14.6% and at lr 0.4 14.4%, batch 64 at lr 0.1 15.4%, while weight decay 1e-3, batch
+# 128 at lr 0.1, no smoothing, and alternating flips with a weight average moved less than 0.3
+# (the batch-128 variants are next at 30 epochs). At 30 epochs lr 0.4 12.2%, -R flip=alternate
+# -R cutout=8 -R ema=0.999 12.1%, both together 12.0%, against 12.6%: each inside what one seed
+# decides (about 0.5), together no better than alone, so not yet the default. At 92 epochs
+# (`--time 1` on an H100) fast ends at 11.9% test error.
 FAST = Recipe(
     name="fast",
     source="cnnlab: short linear warm-up and decay, Nesterov, label smoothing",
