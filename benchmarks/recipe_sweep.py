@@ -35,11 +35,13 @@ import shlex
 import statistics
 import subprocess
 import sys
+import warnings
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from cnnlab.analysis.time_to_accuracy import metrics_rows
 from cnnlab.train.hardware import threads_per_run
 
 
@@ -87,12 +89,9 @@ def final_errors(run: Path) -> dict[str, float] | None:
     if not (config.is_file() and metrics.is_file()):
         return None
     steps = json.loads(config.read_text())["recipe"]["steps"]
-    rows = []
-    for line in metrics.read_text().splitlines():
-        try:
-            rows.append(json.loads(line))
-        except json.JSONDecodeError:
-            continue  # an interrupted run's last line
+    with warnings.catch_warnings():  # an interrupted run's last line: it has not ended
+        warnings.simplefilter("ignore")
+        rows = metrics_rows(metrics)
     if not rows or rows[-1].get("step") != steps:
         return None
     last = rows[-1]
