@@ -23,7 +23,7 @@ from cnnlab.models.layers import (
     make_shortcut,
 )
 from cnnlab.models.preact_resnet import PreActBasicBlock, PreActBottleneck
-from cnnlab.models.resnet import BasicBlock, Bottleneck
+from cnnlab.models.resnet import BasicBlock, Bottleneck, zero_init_residual
 
 
 def meta_model(name: str, **options: object) -> nn.Module:
@@ -177,6 +177,26 @@ def test_he_init_without_zeroed_batch_norms() -> None:
         for m in model.modules()
         if isinstance(m, nn.BatchNorm2d)
     )
+
+
+@pytest.mark.parametrize("name, blocks", [("resnet20", 9), ("resnet50", 16)])
+def test_zero_init_residual_starts_every_block_as_its_shortcut(name: str, blocks: int) -> None:
+    torch.manual_seed(0)
+    model = create_model(name).eval()
+    assert zero_init_residual(model) == blocks
+    last = "bn2" if name == "resnet20" else "bn3"
+    for m in model.modules():
+        if isinstance(m, BasicBlock | Bottleneck):
+            assert torch.count_nonzero(getattr(m, last).weight) == 0
+            assert torch.count_nonzero(m.bn1.weight) == m.bn1.weight.numel()  # only the last
+            x = torch.randn(2, m.conv1.in_channels, 8, 8).relu()  # a block's input is a ReLU's
+            assert torch.allclose(m(x), torch.relu(m.downsample(x)))
+
+
+@pytest.mark.parametrize("name", ["plain20", "preact_resnet110"])
+def test_zero_init_residual_refuses_nets_without_papers_blocks(name: str) -> None:
+    with pytest.raises(ValueError, match="zero_init_residual is for the ResNets"):
+        zero_init_residual(create_model(name))
 
 
 def test_cifar_forward_shape() -> None:

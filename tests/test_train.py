@@ -186,6 +186,7 @@ def test_recipe_scaling_and_overrides() -> None:
         {"label_smoothing": 1.5},
         {"flip": "sometimes"},
         {"cutout": -1},
+        {"zero_init_residual": 1},
     ],
 )
 def test_out_of_range_recipe_is_a_clear_error(change: dict[str, object]) -> None:
@@ -222,6 +223,22 @@ def _rows(run: Path) -> list[dict[str, object]]:
     timing = ("images_per_s", "elapsed_s", "train_s")
     lines = (run / "metrics.jsonl").read_text().splitlines()
     return [{k: v for k, v in json.loads(line).items() if k not in timing} for line in lines]
+
+
+def test_zero_init_residual_is_applied_by_the_recipe(tmp_path: Path) -> None:
+    recipe = small(FAST.replace(zero_init_residual=True), steps=1)
+    result = train("resnet20", make_data(16, 32), recipe, out=tmp_path / "r", device="cpu",
+                   progress=False)  # fmt: skip
+    # One warm-up step moves the zeroed scales by at most a few thousandths; the others stay
+    # near 1.
+    last = [b.bn2.weight.abs().max().item() for b in result.model.layer1]
+    first = [b.bn1.weight.abs().min().item() for b in result.model.layer1]
+    assert max(last) < 0.05 and min(first) > 0.9
+    config = json.loads((tmp_path / "r" / "config.json").read_text())
+    assert config["recipe"]["zero_init_residual"] is True
+    with pytest.raises(ValueError, match="zero_init_residual is for the ResNets"):
+        train("plain20", make_data(16, 32), recipe, out=tmp_path / "p", device="cpu",
+              progress=False)  # fmt: skip
 
 
 @pytest.mark.parametrize(

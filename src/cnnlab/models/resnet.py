@@ -57,6 +57,7 @@ __all__ = [
     "Bottleneck",
     "ResNet",
     "make_stage",
+    "zero_init_residual",
     "plain18",
     "plain34",
     "plain50",
@@ -163,6 +164,37 @@ def make_stage(
     for _ in range(1, num_blocks):
         blocks.append(block(width * block.expansion, width, 1, shortcut, layout))
     return nn.Sequential(*blocks)
+
+
+def zero_init_residual(model: nn.Module) -> int:
+    """Zero the scale of the last batch norm of every residual branch (Goyal et al. 2017).
+
+    "For BN layers, the learnable scaling coefficient gamma is initialized to be 1, except for
+    each residual block's last BN where gamma is initialized to be 0" (arXiv:1706.02677,
+    section 5.1): every block then starts as its shortcut, and the network as a shallower one.
+    An initialisation, not a change of the network. Applies to the papers' blocks (BasicBlock,
+    Bottleneck) with a shortcut, the CIFAR and ImageNet ResNets; not to plain nets (no
+    shortcut: a zeroed branch would carry nothing), nor to He et al. 2016's variants (their
+    branches end elsewhere, or in a gate).
+
+    Returns:
+        how many batch norms were zeroed.
+
+    Raises:
+        ValueError: the model has no such block.
+    """
+    zeroed = 0
+    for m in model.modules():
+        if type(m) in (BasicBlock, Bottleneck) and m.downsample is not None:
+            nn.init.zeros_((m.bn2 if isinstance(m, BasicBlock) else m.bn3).weight)
+            zeroed += 1
+    if not zeroed:
+        raise ValueError(
+            f"{type(model).__name__} has no residual block of He et al. 2015 (BasicBlock or "
+            "Bottleneck with a shortcut) whose last batch norm could start at zero: "
+            "zero_init_residual is for the ResNets, not plain nets or other units"
+        )
+    return zeroed
 
 
 # He et al. 2015, Table 1: block type and blocks per stage, conv2_x .. conv5_x.

@@ -70,6 +70,7 @@ from cnnlab.data import ArrayDataset, Normalize
 from cnnlab.data.augment import CenterCrop, TrainCrop, pca_colour
 from cnnlab.data.stream import ImageStream, StreamDataset
 from cnnlab.models.registry import create_model, model_card
+from cnnlab.models.resnet import zero_init_residual
 from cnnlab.train import timing
 from cnnlab.train.averaging import WeightAverage
 from cnnlab.train.batches import MemoryBatches, StreamBatches, seed_of
@@ -298,6 +299,8 @@ def _train(
     torch.manual_seed(seed)
     net = create_model(model_name, num_classes=len(train_data.classes), **options)
     _check_input_size(net, model_name, image_shape)
+    if recipe.zero_init_residual:
+        zero_init_residual(net)
     memory_format = arithmetic.memory_format
     net = net.to(device, memory_format=memory_format)
 

@@ -87,6 +87,9 @@ class Recipe:
     # Decay per step of an exponential moving average of the weights (averaging.py), which is
     # then what is evaluated and saved; 0: off.
     ema: float = 0.0
+    # The last batch norm of each residual branch starts at scale 0 (Goyal et al. 2017; see
+    # models.resnet.zero_init_residual): an initialisation, the network unchanged.
+    zero_init_residual: bool = False
     aux_weight: float = 0.3  # GoogLeNet's auxiliary classifiers (Szegedy et al. 2014, section 5)
     augment: bool = True  # 4-pixel zero pad, random 32x32 crop, horizontal flip (section 4.2)
     flip: str = "random"  # "random": a coin per image and step; "alternate": over epochs
@@ -131,6 +134,10 @@ class Recipe:
         ):
             raise ValueError(
                 f"lr_milestones must be increasing positive steps, got {self.lr_milestones}"
+            )
+        if not isinstance(self.zero_init_residual, bool):
+            raise ValueError(
+                f"zero_init_residual must be true or false, got {self.zero_init_residual!r}"
             )
         if not 0 <= self.ema < 1:
             raise ValueError(f"ema must be in [0, 1) (0: off), got {self.ema}")
