@@ -249,8 +249,8 @@ HE2015 = Recipe(
 # docs/results/issue8-proxies): at 10 epochs the paper's weight decay 1e-4 without smoothing
 # 17.6% against 16.8% (kept 5e-4 and 0.1); against 16.3%: lr 0.4 15.0%, lr 0.8 15.5%, batch 128
 # at lr 0.2 14.6% and at lr 0.4 14.4%, batch 64 at lr 0.1 15.4%, while weight decay 1e-3, batch
-# 128 at lr 0.1, no smoothing, and alternating flips with a weight average moved less than 0.3
-# (the batch-128 variants are next at 30 epochs). At 30 epochs lr 0.4 12.2%, -R flip=alternate
+# 128 at lr 0.1, no smoothing, and alternating flips with a weight average moved less than 0.3.
+# At 30 epochs lr 0.4 12.2%, -R flip=alternate
 # -R cutout=8 -R ema=0.999 12.1%, both together 12.0%, against 12.6%: each inside what one seed
 # decides (about 0.5), together no better than alone, so not yet the default. Batch 128 at
 # lr 0.4 11.7% (lr 0.2: 12.4%), the lowest yet, one seed; with zero_init_residual 15.5%
