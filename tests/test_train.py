@@ -187,6 +187,7 @@ def test_recipe_scaling_and_overrides() -> None:
         {"flip": "sometimes"},
         {"cutout": -1},
         {"zero_init_residual": 1},
+        {"nesterov": "yes"},
     ],
 )
 def test_out_of_range_recipe_is_a_clear_error(change: dict[str, object]) -> None:

@@ -135,10 +135,9 @@ class Recipe:
             raise ValueError(
                 f"lr_milestones must be increasing positive steps, got {self.lr_milestones}"
             )
-        if not isinstance(self.zero_init_residual, bool):
-            raise ValueError(
-                f"zero_init_residual must be true or false, got {self.zero_init_residual!r}"
-            )
+        for f in dataclasses.fields(self):  # -R reads 1 as a number, true as a bool
+            if f.type == "bool" and not isinstance(getattr(self, f.name), bool):
+                raise ValueError(f"{f.name} must be true or false, got {getattr(self, f.name)!r}")
         if not 0 <= self.ema < 1:
             raise ValueError(f"ema must be in [0, 1) (0: off), got {self.ema}")
         if not 0 <= self.label_smoothing < 1:
@@ -250,13 +249,12 @@ HE2015 = Recipe(
 # 17.6% against 16.8% (kept 5e-4 and 0.1); against 16.3%: lr 0.4 15.0%, lr 0.8 15.5%, batch 128
 # at lr 0.2 14.6% and at lr 0.4 14.4%, batch 64 at lr 0.1 15.4%, while weight decay 1e-3, batch
 # 128 at lr 0.1, no smoothing, and alternating flips with a weight average moved less than 0.3.
-# At 30 epochs lr 0.4 12.2%, -R flip=alternate
-# -R cutout=8 -R ema=0.999 12.1%, both together 12.0%, against 12.6%: each inside what one seed
-# decides (about 0.5), together no better than alone, so not yet the default. Batch 128 at
-# lr 0.4 11.7% (lr 0.2: 12.4%), the lowest yet; seed 1: 11.5% against 12.3% (two seeds: -0.9;
-# test 13.0% against 13.5%); with zero_init_residual 15.5%
-# (dropped: slower to train). At 92 epochs (`--time 1` on an H100) fast ends at 11.9% test
-# error.
+# At 30 epochs lr 0.4 12.2%, -R flip=alternate -R cutout=8 -R ema=0.999 12.1%, both together
+# 12.0%, against 12.6%: each inside what one seed decides (about 0.5), together no better than
+# alone, so not yet the default. Batch 128 at lr 0.4 11.7% (lr 0.2: 12.4%), the lowest yet;
+# seed 1: 11.5% against 12.3% (two seeds: -0.9; test 13.0% against 13.5%); with
+# zero_init_residual 15.5% (dropped: slower to train). At 92 epochs (`--time 1` on an H100)
+# fast ends at 11.9% test error.
 FAST = Recipe(
     name="fast",
     source="cnnlab: short linear warm-up and decay, Nesterov, label smoothing",
