@@ -186,6 +186,7 @@ def test_recipe_scaling_and_overrides() -> None:
         {"label_smoothing": 1.5},
         {"flip": "sometimes"},
         {"cutout": -1},
+        {"pad": -1},
         {"zero_init_residual": 1},
         {"nesterov": "yes"},
     ],
@@ -194,6 +195,26 @@ def test_out_of_range_recipe_is_a_clear_error(change: dict[str, object]) -> None
     key = next(iter(change))
     with pytest.raises(ValueError, match=key):
         HE2015.replace(**change)
+
+
+@pytest.mark.parametrize("pad", [0, 1, 4])
+def test_memory_batches_shift_images_by_at_most_the_recipes_pad(pad: int) -> None:
+    from cnnlab.data import ArrayDataset
+    from cnnlab.train.batches import MemoryBatches
+    from cnnlab.train.distributed import DistEnv
+
+    # Each image is one bright pixel at (8, 8) of a 16x16 map; a shift of s rows moves it to
+    # row 8 + s, and a shift of s columns to column 8 + s, or 7 - s when mirrored.
+    images = torch.zeros(64, 3, 16, 16, dtype=torch.uint8)
+    images[:, :, 8, 8] = 255
+    data = ArrayDataset(images, torch.zeros(64, dtype=torch.int64), ("a",))
+    recipe = FAST.replace(batch_size=64, pad=pad)
+    x, _ = MemoryBatches(data, recipe, seed=0, device=torch.device("cpu"), env=DistEnv()).get(0)
+    where = x[:, 0].flatten(1).argmax(1)
+    rows, cols = where // 16, where % 16
+    assert (x[:, 0].flatten(1).amax(1) == 255).all()  # no shift reaches 8: every crop has it
+    assert rows.min() == 8 - pad and rows.max() == 8 + pad  # 64 draws reach both ends
+    assert cols.min() >= 7 - pad and cols.max() <= 8 + pad
 
 
 def test_unknown_recipe_names_the_valid_ones() -> None:

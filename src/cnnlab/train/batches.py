@@ -9,10 +9,11 @@ seeded by (seed, e), and each image's augmentation by (seed, t, its place in the
 the images of a step do not depend on the number of processes or of loader workers, and a
 resumed run sees the same batches as one never interrupted.
 
-MemoryBatches augments the whole global batch on the device at once (4-pixel pad and random
-crop, flips, cutout; data/transforms.py) and each process takes its share. StreamBatches has
-torch DataLoader workers read, decode and crop only this process's share (data/augment.py),
-in uint8, while the step runs; a step waits only when the workers fall behind.
+MemoryBatches augments the whole global batch on the device at once (zero pad, 4 pixels in
+the paper, and random crop, flips, cutout; data/transforms.py) and each process takes its
+share. StreamBatches has torch DataLoader workers read, decode and crop only this process's
+share (data/augment.py), in uint8, while the step runs; a step waits only when the workers
+fall behind.
 """
 
 from __future__ import annotations
@@ -28,9 +29,7 @@ from cnnlab.data.stream import ImageStream, StreamDataset
 from cnnlab.train.distributed import DistEnv
 from cnnlab.train.recipes import Recipe
 
-__all__ = ["PADDING", "MemoryBatches", "StreamBatches", "make_generator", "seed_of"]
-
-PADDING = 4  # He et al. 2015, section 4.2: "4 pixels are padded on each side"
+__all__ = ["MemoryBatches", "StreamBatches", "make_generator", "seed_of"]
 
 
 def seed_of(seed: int, kind: str, index: int) -> int:
@@ -86,11 +85,11 @@ class MemoryBatches:
             # the images of a step do not depend on the number of processes.
             g = make_generator(self.seed, "augment", step, self.device)
             top, left, flipped = crop_flip_params(
-                self.batch, PADDING, generator=g, device=self.device
+                self.batch, self.recipe.pad, generator=g, device=self.device
             )
             if self.flip_bits is not None:  # the coin flips are drawn all the same: same crops
                 flipped = alternating_flips(idx, epoch, self.flip_bits)
-            x = crop_flip(x, top, left, flipped, PADDING)
+            x = crop_flip(x, top, left, flipped, self.recipe.pad)
             x = cutout(x, self.recipe.cutout, generator=g)
         share = slice(self.env.rank * self.local, (self.env.rank + 1) * self.local)
         return x[share], y[share]

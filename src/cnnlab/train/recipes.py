@@ -92,6 +92,9 @@ class Recipe:
     zero_init_residual: bool = False
     aux_weight: float = 0.3  # GoogLeNet's auxiliary classifiers (Szegedy et al. 2014, section 5)
     augment: bool = True  # 4-pixel zero pad, random 32x32 crop, horizontal flip (section 4.2)
+    # crop "pad": zero pixels added on each side before the random crop, so shifts of up to
+    # `pad` each way (He et al. 2015, section 4.2: "4 pixels are padded on each side")
+    pad: int = 4
     flip: str = "random"  # "random": a coin per image and step; "alternate": over epochs
     cutout: int = 0  # side of a square zeroed per training image (DeVries & Taylor 2017); 0: off
     crop: str = "pad"  # see CROPS; "square" | "scale" | "area" need the streaming data path
@@ -120,6 +123,8 @@ class Recipe:
             raise ValueError("plateau_patience must be at least 1 and plateau_max at least 0")
         if self.cutout < 0:
             raise ValueError(f"cutout must be >= 0 pixels, got {self.cutout}")
+        if self.pad < 0:
+            raise ValueError(f"pad must be >= 0 pixels (0: flips only), got {self.pad}")
         for field in ("batch_size", "steps"):
             if getattr(self, field) < 1:
                 raise ValueError(f"{field} must be at least 1, got {getattr(self, field)}")
