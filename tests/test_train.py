@@ -217,6 +217,18 @@ def test_memory_batches_shift_images_by_at_most_the_recipes_pad(pad: int) -> Non
     assert cols.min() >= 7 - pad and cols.max() <= 8 + pad
 
 
+def test_a_run_from_before_a_field_existed_has_its_default() -> None:
+    from cnnlab.train.recipes import describe_differences
+
+    saved = {k: v for k, v in FAST.to_dict().items() if k != "pad"}  # as written before it
+    assert describe_differences(saved, FAST.to_dict()) is None
+    assert describe_differences(saved, FAST.replace(pad=2).to_dict()) == ("pad=4", "pad=2")
+    assert describe_differences(FAST.to_dict(), {**FAST.to_dict(), "seed": 1}) == (
+        "seed=None",
+        "seed=1",
+    )
+
+
 def test_unknown_recipe_names_the_valid_ones() -> None:
     with pytest.raises(ValueError, match="he2015"):
         get_recipe("paper")

@@ -431,8 +431,15 @@ def describe_differences(
 ) -> tuple[str, str] | None:
     """For the keys of `asked` whose values differ in `saved`: ("k=old, ...", "k=new, ...").
 
-    None when nothing differs. Used to refuse resuming (or reusing) a run made otherwise.
+    None when nothing differs. Used to refuse resuming (or reusing) a run made otherwise. A
+    recipe field missing from `saved` (a run from before the field existed) has its default.
     """
+    defaults = {
+        f.name: list(f.default) if isinstance(f.default, tuple) else f.default
+        for f in dataclasses.fields(Recipe)
+        if f.default is not dataclasses.MISSING
+    }
+    saved = {**defaults, **saved}
     differ = [k for k in asked if saved.get(k) != asked[k]]
     if not differ:
         return None
