@@ -283,6 +283,7 @@ def test_zero_init_residual_is_applied_by_the_recipe(tmp_path: Path) -> None:
         ("resnet20", 32, FAST),
         ("tinynet", 8, FAST.replace(flip="alternate", cutout=4)),
         ("resnet20", 32, FAST.replace(ema=0.9)),
+        ("tinynet", 8, FAST.replace(lookahead_steps=3)),  # checkpoint at 4: slow and fast differ
     ],
 )
 def test_killed_run_resumes_to_the_same_weights(
@@ -598,3 +599,29 @@ def test_weight_average_follows_its_formula_and_is_what_is_saved(tmp_path: Path)
     saved, trained = state["model_state"], state["trained_state"]
     assert any(not torch.equal(saved[k], trained[k]) for k in saved)
     assert all(torch.equal(saved[k], v) for k, v in result.model.state_dict().items())
+
+
+def test_lookahead_moves_the_slow_weights_every_k_steps_and_restarts_the_fast() -> None:
+    from cnnlab.train.averaging import Lookahead
+
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4))
+    start = [p.detach().clone() for p in net.parameters()]
+    lookahead = Lookahead(net, steps=2, alpha=0.25)
+    with torch.no_grad():
+        for p in net.parameters():
+            p.add_(1.0)  # an optimizer step
+    lookahead.update(net, step=0)  # not the 2nd: the fast weights go on
+    for p, p0 in zip(net.parameters(), start, strict=True):
+        torch.testing.assert_close(p, p0 + 1.0)
+    with torch.no_grad():
+        for p in net.parameters():
+            p.add_(1.0)
+    lookahead.update(net, step=1)  # slow: p0 + 0.25 * ((p0 + 2) - p0); fast restarts there
+    for p, slow, p0 in zip(net.parameters(), lookahead.slow, start, strict=True):
+        torch.testing.assert_close(slow, p0 + 0.5)
+        torch.testing.assert_close(p, p0 + 0.5)
+    with pytest.raises(ValueError, match="lookahead_alpha in"):
+        FAST.replace(lookahead_steps=5, lookahead_alpha=0.0)
+    with pytest.raises(ValueError, match="lookahead_steps must be >= 0"):
+        FAST.replace(lookahead_steps=-1)

@@ -12,6 +12,18 @@ Juditsky 1992; GoogLeNet used one for its final model (Szegedy et al. 2014, sect
 short CIFAR schedules use an exponential one (e.g. airbench).
 
 The update is a foreach lerp on the weights' device: no host sync, one kernel per group.
+
+Lookahead (Zhang et al. 2019, arXiv:1907.08610, Algorithm 1) averages the other way round: it
+keeps slow weights beside the trained (fast) ones, and every k steps moves the slow weights
+alpha of the way to the fast ones and restarts the fast ones from there:
+
+    lookahead = Lookahead(net, steps=5, alpha=0.5)
+    lookahead.update(net, step)      # after each optimizer step; acts on every k-th
+
+The trained network itself is what is evaluated and saved (after the last update of a run
+whose length is a multiple of k, fast and slow are the same). Momentum is kept across the
+restart (the paper's default), and only the parameters take part; BatchNorm's running
+statistics follow the fast weights.
 """
 
 from __future__ import annotations
@@ -22,7 +34,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-__all__ = ["WeightAverage"]
+__all__ = ["Lookahead", "WeightAverage"]
 
 
 def _floating_state(net: nn.Module) -> list[Tensor]:
@@ -58,3 +70,31 @@ class WeightAverage:
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.net.load_state_dict(state)
+
+
+class Lookahead:
+    """Slow weights that every `steps` optimizer steps take `alpha` of the fast weights' way."""
+
+    def __init__(self, net: nn.Module, steps: int, alpha: float) -> None:
+        if steps < 1 or not 0 < alpha <= 1:
+            raise ValueError(
+                f"lookahead needs steps >= 1 and alpha in (0, 1], got {steps}, {alpha}"
+            )
+        self.steps, self.alpha = steps, alpha
+        self.slow = [p.detach().clone() for p in net.parameters()]
+
+    @torch.no_grad()
+    def update(self, net: nn.Module, step: int) -> None:
+        """After optimizer step `step` (0-based): on every `steps`-th, sync slow and fast."""
+        if (step + 1) % self.steps:
+            return
+        fast = [p.detach() for p in net.parameters()]
+        torch._foreach_lerp_(self.slow, fast, self.alpha)
+        torch._foreach_copy_(fast, self.slow)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"slow": self.slow}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        for mine, saved in zip(self.slow, state["slow"], strict=True):
+            mine.copy_(saved)

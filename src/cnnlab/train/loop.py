@@ -72,7 +72,7 @@ from cnnlab.data.stream import ImageStream, StreamDataset
 from cnnlab.models.registry import create_model, model_card
 from cnnlab.models.resnet import zero_init_residual
 from cnnlab.train import timing
-from cnnlab.train.averaging import WeightAverage
+from cnnlab.train.averaging import Lookahead, WeightAverage
 from cnnlab.train.batches import MemoryBatches, StreamBatches, seed_of
 from cnnlab.train.checkpoint import CheckpointError, atomic_write, load_checkpoint, save_checkpoint
 from cnnlab.train.distributed import (
@@ -331,6 +331,11 @@ def _train(
     # the trained weights travel in the checkpoint beside it, for resuming.
     average = WeightAverage(net, recipe.ema) if recipe.ema else None
     eval_net = average.net if average is not None else net
+    lookahead = (
+        Lookahead(net, recipe.lookahead_steps, recipe.lookahead_alpha)
+        if recipe.lookahead_steps
+        else None
+    )
     start, best_val, clock = 0, None, {"elapsed_s": 0.0, "train_s": 0.0}
     if state is not None:
         assert ckpt_path is not None
@@ -338,6 +343,8 @@ def _train(
         net.load_state_dict(state.get("trained_state", state["model_state"]))
         if average is not None:
             average.load_state_dict(state["model_state"])
+        if lookahead is not None:
+            lookahead.load_state_dict(state["lookahead"])
         train_step.load_optimizer_state(state["optimizer"])
         slow_start.load_state_dict(state["slow_start"])
         if "plateau" in state:
@@ -389,9 +396,13 @@ def _train(
             )
         if not env.is_main:
             return
-        trained = {"trained_state": net.state_dict()} if average is not None else {}
+        beside: dict[str, Any] = {}  # what resuming needs besides the model's weights
+        if average is not None:
+            beside["trained_state"] = net.state_dict()
+        if lookahead is not None:
+            beside["lookahead"] = lookahead.state_dict()
         save_checkpoint(path, {
-            **meta, "model_state": eval_net.state_dict(), **trained,
+            **meta, "model_state": eval_net.state_dict(), **beside,
             "optimizer": train_step.optimizer.state_dict(),
             "step": step, "slow_start": slow_start.state_dict(), "best_val_error": best_val,
             "plateau": plateau.state_dict(),
@@ -431,6 +442,8 @@ def _train(
         torch.manual_seed(seed_of(seed, "step", step))  # dropout
         x, y = batches.get(step)
         loss, wrong = train_step(x, y, lr)
+        if lookahead is not None:
+            lookahead.update(net, step)
         if average is not None:
             average.update(net, step)
         sums[0] += loss * local

@@ -87,6 +87,10 @@ class Recipe:
     # Decay per step of an exponential moving average of the weights (averaging.py), which is
     # then what is evaluated and saved; 0: off.
     ema: float = 0.0
+    # Lookahead (Zhang et al. 2019; averaging.py): every lookahead_steps optimizer steps the
+    # slow weights move lookahead_alpha of the way to the trained ones, which restart there.
+    lookahead_steps: int = 0  # 0: off
+    lookahead_alpha: float = 0.5
     # The last batch norm of each residual branch starts at scale 0 (Goyal et al. 2017; see
     # models.resnet.zero_init_residual): an initialisation, the network unchanged.
     zero_init_residual: bool = False
@@ -145,6 +149,11 @@ class Recipe:
                 raise ValueError(f"{f.name} must be true or false, got {getattr(self, f.name)!r}")
         if not 0 <= self.ema < 1:
             raise ValueError(f"ema must be in [0, 1) (0: off), got {self.ema}")
+        if self.lookahead_steps < 0 or not 0 < self.lookahead_alpha <= 1:
+            raise ValueError(
+                "lookahead_steps must be >= 0 (0: off) and lookahead_alpha in (0, 1], got "
+                f"{self.lookahead_steps} and {self.lookahead_alpha}"
+            )
         if not 0 <= self.label_smoothing < 1:
             raise ValueError(f"label_smoothing must be in [0, 1), got {self.label_smoothing}")
         if self.weight_decay < 0 or not 0 <= self.momentum < 1:
