@@ -188,6 +188,8 @@ def test_recipe_scaling_and_overrides() -> None:
         {"cutout": -1},
         {"pad": -1},
         {"zero_init_residual": 1},
+        {"bn_momentum": 0.0},
+        {"bn_momentum": 1.5},
         {"nesterov": "yes"},
     ],
 )
@@ -273,6 +275,22 @@ def test_zero_init_residual_is_applied_by_the_recipe(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="zero_init_residual is for the ResNets"):
         train("plain20", make_data(16, 32), recipe, out=tmp_path / "p", device="cpu",
               progress=False)  # fmt: skip
+
+
+def test_bn_momentum_is_set_on_every_batch_norm_by_the_recipe(tmp_path: Path) -> None:
+    data = make_data(16, 32)
+    moved = train("resnet20", data, small(FAST.replace(bn_momentum=1.0), steps=1),
+                  out=tmp_path / "m", device="cpu", progress=False)  # fmt: skip
+    norms = [m for m in moved.model.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    assert len(norms) == 19 and {m.momentum for m in norms} == {1.0}
+    assert json.loads((tmp_path / "m" / "config.json").read_text())["recipe"]["bn_momentum"] == 1.0
+    # Momentum 1 keeps only the last batch's statistics; the network's own 0.1 keeps 0.9 of
+    # the initial ones (mean 0, variance 1), so after one step the two differ.
+    own = train("resnet20", data, small(FAST, steps=1), out=tmp_path / "o", device="cpu",
+                progress=False)  # fmt: skip
+    assert {m.momentum for m in own.model.modules() if isinstance(m, torch.nn.BatchNorm2d)} == {0.1}
+    assert not torch.allclose(own.model.bn1.running_var, moved.model.bn1.running_var)
+    assert torch.allclose(own.model.bn1.running_var - 0.9, 0.1 * (moved.model.bn1.running_var))
 
 
 @pytest.mark.parametrize(

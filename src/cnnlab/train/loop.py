@@ -301,6 +301,10 @@ def _train(
     _check_input_size(net, model_name, image_shape)
     if recipe.zero_init_residual:
         zero_init_residual(net)
+    if recipe.bn_momentum is not None:
+        for module in net.modules():
+            if isinstance(module, nn.modules.batchnorm._BatchNorm):
+                module.momentum = recipe.bn_momentum
     memory_format = arithmetic.memory_format
     net = net.to(device, memory_format=memory_format)
 

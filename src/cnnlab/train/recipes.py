@@ -94,6 +94,10 @@ class Recipe:
     # The last batch norm of each residual branch starts at scale 0 (Goyal et al. 2017; see
     # models.resnet.zero_init_residual): an initialisation, the network unchanged.
     zero_init_residual: bool = False
+    # Fraction of each batch's statistics that BatchNorm's running mean and variance take in
+    # (PyTorch's `momentum`; the running statistics are what evaluation uses). None: the
+    # network's own (PyTorch's default, 0.1).
+    bn_momentum: float | None = None
     aux_weight: float = 0.3  # GoogLeNet's auxiliary classifiers (Szegedy et al. 2014, section 5)
     augment: bool = True  # 4-pixel zero pad, random 32x32 crop, horizontal flip (section 4.2)
     # crop "pad": zero pixels added on each side before the random crop, so shifts of up to
@@ -154,6 +158,8 @@ class Recipe:
                 "lookahead_steps must be >= 0 (0: off) and lookahead_alpha in (0, 1], got "
                 f"{self.lookahead_steps} and {self.lookahead_alpha}"
             )
+        if self.bn_momentum is not None and not 0 < self.bn_momentum <= 1:
+            raise ValueError(f"bn_momentum must be in (0, 1] (or unset), got {self.bn_momentum}")
         if not 0 <= self.label_smoothing < 1:
             raise ValueError(f"label_smoothing must be in [0, 1), got {self.label_smoothing}")
         if self.weight_decay < 0 or not 0 <= self.momentum < 1:
