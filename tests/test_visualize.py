@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn.functional as F
+from matplotlib.colors import to_hex
 from PIL import Image
 from torch import nn
 
@@ -31,7 +32,7 @@ from cnnlab.analysis.features import (
     receptive_field_boxes,
     stage_outputs,
 )
-from cnnlab.analysis.plots import curves_figure, read_run
+from cnnlab.analysis.plots import RunCurves, curves_figure, read_run
 from cnnlab.cli import main
 
 
@@ -310,3 +311,13 @@ def test_cli_curves(tmp_path: Path) -> None:
     with pytest.warns(UserWarning):
         assert main(["visualize", "curves", str(plain), str(resnet), "--out", str(out)]) == 0
     _assert_png(out)
+
+
+@pytest.mark.parametrize("n", [3, 12])
+def test_every_run_in_a_figure_has_its_own_colour(n: int) -> None:
+    # Matplotlib's ten default colours come round again at the eleventh line: the
+    # time-to-accuracy page has twelve runs, and two of them would share a colour.
+    runs = [RunCurves(f"run{i}", (0, 1), (50.0, 40.0), (1,), (45.0,), "test") for i in range(n)]
+    legend = curves_figure(runs).axes[0].get_legend()
+    colours = [to_hex(h.get_color()) for h in legend.legend_handles[:n]]
+    assert len(set(colours)) == n

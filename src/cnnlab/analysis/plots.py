@@ -30,6 +30,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from matplotlib import colormaps
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
@@ -95,6 +96,17 @@ def _save(fig: Figure, path: str | Path) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, format="png", dpi=DPI)
     return path
+
+
+def _run_colors(n: int) -> list[str | tuple[float, ...]]:
+    """One colour per line: matplotlib's ten, or twenty paired shades past ten lines.
+
+    The ten default colours repeat from the eleventh line on, and two runs would share one.
+    """
+    if n <= 10:
+        return [f"C{i}" for i in range(n)]
+    shades = colormaps["tab20"].colors
+    return [shades[i % len(shades)] for i in range(n)]
 
 
 def _grid(n: int, columns: int | None = None) -> tuple[int, int]:
@@ -392,7 +404,7 @@ def curves_figure(runs: Sequence[RunCurves], title: str = "") -> Figure:
         raise ValueError("no runs to plot")
     fig = _new_figure(7.0, 4.6)
     ax = fig.subplots()
-    colors = [f"C{i % 10}" for i in range(len(runs))]
+    colors = _run_colors(len(runs))
     handles = []
     for run, color in zip(runs, colors, strict=True):
         if run.train_steps:
@@ -436,8 +448,7 @@ def plot_time_to_accuracy(
         raise ValueError("no runs to plot")
     fig = _new_figure(7.0, 4.6)
     ax = fig.subplots()
-    for i, t in enumerate(timelines):
-        color = f"C{i % 10}"
+    for t, color in zip(timelines, _run_colors(len(timelines)), strict=True):
         minutes = [max(s, 1.0) / 60 for s in t.seconds]
         suffix = " (val)" if t.split == "val" else ""
         ax.plot(minutes, t.test_error, "-o", color=color, linewidth=2.0, markersize=3,
@@ -481,12 +492,12 @@ def responses_figure(responses: Sequence[LayerResponses], title: str = "") -> Fi
         raise ValueError("no runs to plot")
     fig = _new_figure(7.0, 6.4)
     by_index, ranked = fig.subplots(2, 1)
-    for i, r in enumerate(responses):
+    for r, color in zip(responses, _run_colors(len(responses)), strict=True):
         try:
             plain = model_card(r.model).family.startswith("plain")
         except UnknownModelError:  # drawn as a residual net
             plain = False
-        style = {"color": f"C{i % 10}", "linestyle": "--" if plain else "-", "linewidth": 1.4}
+        style = {"color": color, "linestyle": "--" if plain else "-", "linewidth": 1.4}
         layers = range(1, len(r.std) + 1)
         by_index.plot(layers, r.std, label=r.name, **style)
         ranked.plot(layers, r.ranked(), label=r.name, **style)
