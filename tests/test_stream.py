@@ -224,6 +224,10 @@ def test_recipe_and_data_path_mismatch_is_one_clear_error(folder: Path, tmp_path
         train("resnet20", s, fast, workers=0, progress=False)
     with pytest.raises(ValueError, match="needs validation images"):
         train("resnet20", s, _small("resnet2015", steps=1), workers=0, progress=False)
+    with pytest.raises(ValueError, match="clean_final=0.1 is for in-memory images"):
+        clean = _small("resnet2015", steps=1).replace(clean_final=0.1)
+        train("resnet20", s, clean, val_data=ImageStream.open(folder, "val"), workers=0,
+              progress=False)  # fmt: skip
     with pytest.raises(ValueError, match="--split 45k is CIFAR's"):
         train_from_spec("resnet20", folder, tmp_path / "x", recipe="resnet2015", split="45k",
                         data_mode="stream")  # fmt: skip

@@ -190,6 +190,8 @@ def test_recipe_scaling_and_overrides() -> None:
         {"zero_init_residual": 1},
         {"bn_momentum": 0.0},
         {"bn_momentum": 1.5},
+        {"clean_final": -0.1},
+        {"clean_final": 1.5},
         {"nesterov": "yes"},
     ],
 )
@@ -217,6 +219,21 @@ def test_memory_batches_shift_images_by_at_most_the_recipes_pad(pad: int) -> Non
     assert (x[:, 0].flatten(1).amax(1) == 255).all()  # no shift reaches 8: every crop has it
     assert rows.min() == 8 - pad and rows.max() == 8 + pad  # 64 draws reach both ends
     assert cols.min() >= 7 - pad and cols.max() <= 8 + pad
+
+
+def test_memory_batches_leave_the_last_clean_final_steps_unaugmented() -> None:
+    from cnnlab.train.batches import MemoryBatches
+    from cnnlab.train.distributed import DistEnv
+
+    data = make_data(64, 16)
+    recipe = FAST.replace(batch_size=64, steps=10, cutout=4, clean_final=0.2)
+    batches = MemoryBatches(data, recipe, seed=0, device=torch.device("cpu"), env=DistEnv())
+    for step in range(10):
+        x, y = batches.get(step)
+        as_they_are = data.images[batches._order[: len(y)]]  # one batch an epoch: all 64
+        assert torch.equal(y, data.labels[batches._order])
+        # Steps 0..7 crop, flip and cut out; the last 2 of 10 (a fifth) see the images as is.
+        assert torch.equal(x, as_they_are) == (step >= 8), step
 
 
 def test_a_run_from_before_a_field_existed_has_its_default() -> None:

@@ -67,6 +67,8 @@ class MemoryBatches:
         self.batch = recipe.batch_size
         self.local = self.batch // env.world_size
         self.steps_per_epoch = len(data) // self.batch
+        # recipe.clean_final: the last steps see the images as they are
+        self.augment_until = recipe.steps - round(recipe.clean_final * recipe.steps)
         self._epoch, self._order = -1, torch.empty(0)
         self.flip_bits = None  # recipe.flip "alternate": which images epoch 0 mirrors
         if recipe.flip == "alternate":
@@ -80,7 +82,7 @@ class MemoryBatches:
             self._order = epoch_order(len(self.labels), self.seed, epoch).to(self.device)
         idx = self._order[i * self.batch : (i + 1) * self.batch]
         x, y = self.images[idx], self.labels[idx]
-        if self.recipe.augment:
+        if self.recipe.augment and step < self.augment_until:
             # The whole global batch is augmented by every process, then each takes its share:
             # the images of a step do not depend on the number of processes.
             g = make_generator(self.seed, "augment", step, self.device)
@@ -149,6 +151,11 @@ class StreamBatches:
         workers: int,
         total: int,
     ) -> None:
+        if recipe.clean_final:
+            raise ValueError(
+                f"clean_final={recipe.clean_final} is for in-memory images (the CIFAR path); "
+                "streamed image folders are cropped throughout: leave it at 0"
+            )
         self.dataset = StreamDataset(stream, crop)
         self.seed, self.device, self.env, self.workers, self.total = (
             seed,

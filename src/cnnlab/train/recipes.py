@@ -105,6 +105,10 @@ class Recipe:
     pad: int = 4
     flip: str = "random"  # "random": a coin per image and step; "alternate": over epochs
     cutout: int = 0  # side of a square zeroed per training image (DeVries & Taylor 2017); 0: off
+    # Fraction of the steps, at the end of the run, that train on the images as they are (no
+    # crop, flip or cutout), as the test images are seen; 0: augmented throughout. In-memory
+    # images only.
+    clean_final: float = 0.0
     crop: str = "pad"  # see CROPS; "square" | "scale" | "area" need the streaming data path
     scale_range: tuple[int, int] = (256, 256)  # shorter side's range for crop "square"/"scale"
     lighting: float = 0.0  # std of AlexNet's PCA colour noise (section 4.1); 0: off
@@ -131,6 +135,10 @@ class Recipe:
             raise ValueError("plateau_patience must be at least 1 and plateau_max at least 0")
         if self.cutout < 0:
             raise ValueError(f"cutout must be >= 0 pixels, got {self.cutout}")
+        if not 0 <= self.clean_final <= 1:
+            raise ValueError(
+                f"clean_final must be a fraction of the steps in [0, 1], got {self.clean_final}"
+            )
         if self.pad < 0:
             raise ValueError(f"pad must be >= 0 pixels (0: flips only), got {self.pad}")
         for field in ("batch_size", "steps"):
