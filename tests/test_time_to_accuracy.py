@@ -74,6 +74,10 @@ def test_machine_labels() -> None:
     assert machine_label({"device": "cpu", "cpu_capability": "AVX512", "native_bf16": True,
                           "cpu_count": 16}) == "CPU AVX512, native bf16, 16 cores"  # fmt: skip
     assert machine_label({"device": "cpu"}) == "CPU"
+    xeon = {"device": "cpu", "cpu": "Intel(R) Xeon(R) Processor", "cpu_capability": "AVX512",
+            "native_bf16": True, "cpu_count": 2}  # fmt: skip
+    assert machine_label(xeon) == "Intel Xeon CPU AVX512, native bf16, 2 cores"
+    assert machine_label({**xeon, "cpu": "AMD EPYC"}).startswith("AMD EPYC CPU AVX512")
 
 
 def test_errors_name_the_problem(tmp_path: Path) -> None:

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -50,12 +51,16 @@ class Reached:
 
 def machine_label(machine: dict) -> str:
     """A short name for the machine a run's config.json records: the GPU's name, or the CPU
-    with its instruction set and core count ("CPU AVX512 (native bf16), 2 cores")."""
+    with its name where recorded, instruction set and core count ("AMD EPYC CPU AVX512,
+    native bf16, 2 cores"): two CPUs with the same instructions can differ in speed and in
+    how bfloat16 rounds."""
     device = str(machine.get("device", ""))
     if device.startswith("cuda"):
         name = str(machine.get("device_name", "GPU"))
         return name.split(" (")[0]
-    parts = ["CPU"]
+    # "Intel(R) Xeon(R) Processor" -> "Intel Xeon"
+    name = re.sub(r"\((R|TM)\)|\b(Processor|CPU)\b", "", str(machine.get("cpu") or ""))
+    parts = [" ".join([*name.split(), "CPU"])]
     if machine.get("cpu_capability"):
         bf16 = {True: ", native bf16", False: ", no native bf16"}.get(machine.get("native_bf16"))
         parts.append(f"{machine['cpu_capability']}{bf16 or ''}")
