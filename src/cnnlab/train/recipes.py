@@ -290,9 +290,10 @@ HE2015 = Recipe(
 # zero_init_residual costs 2.8 (15.5%: slower to train); Lookahead (5 steps, alpha 0.5) 0.3 (11.9%);
 # batch norm momentum 0.01 instead of 0.1 costs 0.4 (12.1%; test 13.0% against 12.9%); the last
 # tenth of the steps on images as they are (clean_final 0.1; the Xeon) 12.0% against 12.4% (test
-# 13.0% against 12.9%). The same seed of this recipe ends at 11.7% on a Zen 4 and 12.4% on the Xeon
-# (test 12.9% both; bf16 rounds differently): one run's validation error is uncertain by about half
-# a point. With all this resnet20 still ends above the paper's 11.9% test error at 30 epochs (13.0%
+# 13.0% against 12.9%); a weight average alone (ema 0.999; the Xeon) 12.0% against 12.4% (test 13.1%
+# against 12.9%). The same seed of this recipe ends at 11.7% on a Zen 4 and 12.4% on the Xeon (test
+# 12.9% both; bf16 rounds differently): one run's validation error is uncertain by about half a
+# point. With all this resnet20 still ends above the paper's 11.9% test error at 30 epochs (13.0%
 # trained on the 45k split; 12.9% +- 0.1 on all 50k, three seeds); at 92 epochs (`--time 1` on an
 # H100, batch 256 at lr 0.2) it ended at 11.9%, at 60 (this recipe, seed 0, the Xeon) 12.0%.
 # Resnet56 at 40 epochs on all 50k, seeds 0, 1 and 2: 11.3%, 10.9% and 10.8% (11.0% +- 0.3), each
