@@ -222,7 +222,7 @@ def test_memory_batches_shift_images_by_at_most_the_recipes_pad(pad: int) -> Non
 
 
 def test_memory_batches_leave_the_last_clean_final_steps_unaugmented() -> None:
-    from cnnlab.train.batches import MemoryBatches
+    from cnnlab.train.batches import MemoryBatches, epoch_order
     from cnnlab.train.distributed import DistEnv
 
     data = make_data(64, 16)
@@ -230,8 +230,9 @@ def test_memory_batches_leave_the_last_clean_final_steps_unaugmented() -> None:
     batches = MemoryBatches(data, recipe, seed=0, device=torch.device("cpu"), env=DistEnv())
     for step in range(10):
         x, y = batches.get(step)
-        as_they_are = data.images[batches._order[: len(y)]]  # one batch an epoch: all 64
-        assert torch.equal(y, data.labels[batches._order])
+        order = epoch_order(len(data), 0, step)  # one batch an epoch: all 64 images
+        assert torch.equal(y, data.labels[order])
+        as_they_are = data.images[order]
         # Steps 0..7 crop, flip and cut out; the last 2 of 10 (a fifth) see the images as is.
         assert torch.equal(x, as_they_are) == (step >= 8), step
 

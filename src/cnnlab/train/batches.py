@@ -151,11 +151,6 @@ class StreamBatches:
         workers: int,
         total: int,
     ) -> None:
-        if recipe.clean_final:
-            raise ValueError(
-                f"clean_final={recipe.clean_final} is for in-memory images (the CIFAR path); "
-                "streamed image folders are cropped throughout: leave it at 0"
-            )
         self.dataset = StreamDataset(stream, crop)
         self.seed, self.device, self.env, self.workers, self.total = (
             seed,

@@ -280,6 +280,11 @@ def _train(
                 "streamed image folders need one of the ImageNet papers' crops: a recipe such "
                 "as resnet2015, or -R crop=scale|square|area"
             )
+        if recipe.clean_final:
+            raise ValueError(
+                f"clean_final={recipe.clean_final} is for in-memory images (the CIFAR path); "
+                "streamed image folders are cropped throughout: leave it at 0"
+            )
         size = model_card(model_name).input_size
         eval_crop = CenterCrop(recipe.test_resize, size)
         stats = _stats_sample(train_data, eval_crop)  # centre crops of STATS_IMAGES images
