@@ -9,7 +9,9 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
+from cnnlab.analysis.plots import time_to_accuracy_figure
 from cnnlab.analysis.time_to_accuracy import (
+    Timeline,
     machine_label,
     reached,
     read_timeline,
@@ -100,3 +102,20 @@ def test_cli_writes_the_figure_and_prints_the_table(tmp_path: Path, capsys) -> N
     assert "| b | NVIDIA H100 80GB HBM3 | not reached |" in printed
     with Image.open(out) as img:
         assert img.format == "PNG" and img.width > 300
+
+
+@pytest.mark.parametrize("n", [2, 17, 40])
+def test_the_legend_stands_beside_the_curves_and_inside_the_figure(n: int) -> None:
+    # With 16 runs, each labelled with its machine, a legend inside the axes covered most of
+    # the curves on docs/results/time-to-accuracy.
+    runs = [Timeline(f"fast60-resnet20-s{i}", "Intel Xeon CPU AVX512, native bf16, 2 cores",
+                     (10.0, 20.0), (600.0, 1200.0), (20.0, 11.0 + i / 100), "test")
+            for i in range(n)]  # fmt: skip
+    fig = time_to_accuracy_figure(runs, 11.9)
+    fig.canvas.draw()
+    ax = fig.axes[0]
+    legend = ax.get_legend()
+    box, axes_box = legend.get_window_extent(), ax.get_window_extent()
+    assert len(legend.get_texts()) == n + 1  # every run and the target
+    assert box.x0 >= axes_box.x1  # beside the axes, not over them
+    assert box.x1 <= fig.bbox.x1 and box.y0 >= fig.bbox.y0 and box.y1 <= fig.bbox.y1

@@ -63,13 +63,16 @@ __all__ = [
     "draw_deconv",
     "draw_filters",
     "draw_responses",
+    "draw_time_to_accuracy",
     "plot_activations",
     "plot_curves",
     "plot_deconv",
     "plot_filters",
     "plot_responses",
-    "responses_figure",
+    "plot_time_to_accuracy",
     "read_run",
+    "responses_figure",
+    "time_to_accuracy_figure",
 ]
 
 DPI = 110
@@ -444,9 +447,18 @@ def plot_time_to_accuracy(
         path: the PNG file to write.
         title: default "test error against training time".
     """
+    return _save(time_to_accuracy_figure(timelines, target, title), path)
+
+
+def time_to_accuracy_figure(
+    timelines: Sequence[Timeline], target: float, title: str = ""
+) -> Figure:
+    """The figure of `plot_time_to_accuracy`, not yet written. The legend (one line per run,
+    long with the machine's name) stands beside the axes, never over the curves, and the
+    figure grows taller with the number of runs so that it fits."""
     if not timelines:
         raise ValueError("no runs to plot")
-    fig = _new_figure(7.0, 4.6)
+    fig = _new_figure(11.0, max(4.6, 1.0 + 0.17 * (len(timelines) + 1)))
     ax = fig.subplots()
     for t, color in zip(timelines, _run_colors(len(timelines)), strict=True):
         minutes = [max(s, 1.0) / 60 for s in t.seconds]
@@ -464,11 +476,11 @@ def plot_time_to_accuracy(
     top = max(max(t.test_error) for t in timelines)
     ax.set_ylim(bottom=max(0.0, target - 4), top=min(top, 3 * target) + 1)
     ax.grid(True, which="both", alpha=0.3)
-    ax.legend(fontsize=7.5, loc="upper right")
+    ax.legend(fontsize=7.5, loc="upper left", bbox_to_anchor=(1.02, 1.0), borderaxespad=0.0)
     ax.set_title(title or "test error against training time (star: target first reached)",
                  fontsize=11)  # fmt: skip
-    fig.tight_layout()
-    return _save(fig, path)
+    fig.tight_layout()  # makes room for the legend: it is part of the axes' extent
+    return fig
 
 
 # -- layer responses ---------------------------------------------------------------------------
