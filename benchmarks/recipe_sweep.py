@@ -5,10 +5,16 @@ the paper's 45k images (`--split 45k`) and chosen by its error on the 5k validat
 the test error is printed beside it, for the record. A variant is a name and the `cnnlab
 train` options that make it (`-R KEY=VALUE` recipe fields, `--lr`, `--batch-size`, `-O`);
 each is trained with seeds 0 .. --seeds - 1 by `python -m cnnlab train` processes, --jobs at
-once (on a GPU a few small CIFAR runs at once fill it; on a CPU each gets its share of the
-cores, cnnlab.train.hardware.threads_per_run: --jobs 2 on two cores trains 1.17x the images/s
-of one run). Run folders are OUT/<variant>-s<seed>; a run that ended is read, not trained
-again, and an interrupted one is resumed, so rerunning the same command finishes a sweep.
+once. On a CPU each gets its share of the cores (cnnlab.train.hardware.threads_per_run):
+--jobs 2 on two cores trains 1.17x the images/s of one run. On one H200, 4 or 6 resnet20 runs
+at once trained 57,000 to 60,000 images/s together, about what one alone trained on an H100
+(53,000): the CUDA-graph step already keeps the GPU busy (docs/results/issue8-proxies).
+
+Run folders are OUT/<variant>-s<seed>; a run that ended is read, not trained again, and an
+interrupted one is resumed, so rerunning the same command finishes a sweep. Runs are trained
+seed by seed (every variant's first seed, then every variant's second, ...), so a sweep cut
+short still compares its variants on the same seeds; `--report` trains nothing and tabulates
+the runs that ended (a sweep stopped at a deadline, or trained on another machine).
 
     python benchmarks/recipe_sweep.py --data ../shared/datasets/cifar10-jpeg.tar.gz \\
         --out runs/sweep --epochs 30 --seeds 5 --jobs 4 \\
@@ -150,6 +156,17 @@ def table(rows: Sequence[Summary]) -> str:
     return "\n".join(lines)
 
 
+def plan(
+    variants: Sequence[Variant], seeds: Sequence[int], out: Path
+) -> list[tuple[Variant, int, Path]]:
+    """The runs still to train, seed by seed: every variant's seed 0, then every variant's seed
+    1, ..., so that a sweep stopped part way (a deadline, a lost machine) leaves its variants
+    with the same seeds, a paired comparison, rather than some variants with all and others
+    with none."""
+    todo = [(v, s, out / f"{v.name}-s{s}") for s in seeds for v in variants]
+    return [t for t in todo if final_errors(t[2]) is None]
+
+
 def train_command(args: argparse.Namespace, variant: Variant, seed: int, run: Path) -> list[str]:
     """The `cnnlab train` command line of one run (with --resume where it has a checkpoint)."""
     cmd = [sys.executable, "-m", "cnnlab", "train", args.model, "--data", args.data,
@@ -180,6 +197,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--device", help="passed to cnnlab train (default: the GPU if any)")
     p.add_argument("--variant", type=parse_variant, action="append", required=True,
                    metavar="NAME=ARGS", help="repeatable; the first is the baseline")  # fmt: skip
+    p.add_argument("--report", action="store_true",
+                   help="train nothing: tabulate the runs that ended (a sweep stopped at a "
+                   "deadline, or trained on another machine)")  # fmt: skip
     args = p.parse_args(argv)
     names = [v.name for v in args.variant]
     if len(set(names)) != len(names):
@@ -187,8 +207,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     seeds = range(args.first_seed, args.first_seed + args.seeds)
-    todo = [(v, s, out / f"{v.name}-s{s}") for v in args.variant for s in seeds]
-    todo = [t for t in todo if final_errors(t[2]) is None]
+    todo = [] if args.report else plan(args.variant, seeds, out)
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     threads = threads_per_run(args.jobs) if args.device in (None, "cpu") else None
     if threads is not None:

@@ -53,6 +53,35 @@ def test_final_errors_only_of_runs_that_ended(sweep: ModuleType, tmp_path: Path)
     assert sweep.final_errors(tmp_path / "missing") is None
 
 
+def test_the_plan_goes_seed_by_seed_and_skips_runs_that_ended(
+    sweep: ModuleType, tmp_path: Path
+) -> None:
+    a, b = sweep.Variant("a", ()), sweep.Variant("b", ("--lr", "0.4"))
+    _run(tmp_path / "b-s0", 100, 100, 11.5)  # ended: not trained again
+    _run(tmp_path / "a-s1", 100, 60, 20.0)  # interrupted: still to do (resumed)
+    todo = sweep.plan([a, b], range(3), tmp_path)
+    assert [folder.name for _, _, folder in todo] == ["a-s0", "a-s1", "b-s1", "a-s2", "b-s2"]
+    assert [(v.name, s) for v, s, _ in todo] == [("a", 0), ("a", 1), ("b", 1), ("a", 2), ("b", 2)]
+
+
+def test_report_tabulates_the_runs_that_ended_and_trains_nothing(
+    sweep: ModuleType, tmp_path: Path, capsys
+) -> None:
+    _run(tmp_path / "a-s0", 100, 100, 11.0)
+    _run(tmp_path / "a-s1", 100, 100, 13.0)
+    _run(tmp_path / "b-s0", 100, 100, 12.0)
+    _run(tmp_path / "b-s1", 100, 60, 20.0)  # stopped part way: left out, not trained
+    argv = ["--data", str(tmp_path / "no-such-data"), "--out", str(tmp_path), "--seeds", "2",
+            "--report", "--variant", "a=", "--variant", "b=--lr 0.4"]  # fmt: skip
+    assert sweep.main(argv) == 0
+    assert "0 runs to train" in capsys.readouterr().out
+    rows = json.loads((tmp_path / "sweep.json").read_text())
+    got = [(r["name"], r["seeds"], r["val_mean"]) for r in rows]
+    assert got == [("a", 2, 12.0), ("b", 1, 12.0)]
+    assert not (tmp_path / "b-s1" / "checkpoint.pt").exists()
+    assert not list(tmp_path.glob("*.log"))
+
+
 def test_summary_means_stds_and_difference_to_the_first(sweep: ModuleType) -> None:
     base, other = sweep.Variant("base", ()), sweep.Variant("cut", ("-R", "cutout=8"))
     results = {"base": [{"val_error": 12.0, "test_error": 13.0, "train_s": 60},
