@@ -300,9 +300,10 @@ HE2015 = Recipe(
 # 11.9% test error at 30 epochs (13.0% trained on the 45k split; 12.9% +- 0.1 on all 50k, three
 # seeds); at 92 epochs (`--time 1` on an H100, batch 256 at lr 0.2) it ended at 11.9%; at 45 and 60
 # (this recipe, seeds 0, 1 and 2, the Xeon) 12.4% +- 0.2 and 11.9% +- 0.3. The bar is one run:
-# he2015 itself ended at 12.3% (H100, bf16) and 12.2% (the Xeon, bf16) when run again, 12.1% +- 0.2
-# over its three runs at 164 epochs. Resnet56 at 40 epochs on all 50k, seeds 0, 1 and 2: 11.3%,
-# 10.9% and 10.8% (11.0% +- 0.3), each under the paper's recipe's 11.4% at 164 epochs.
+# he2015 itself ended at 12.3% (H100, bf16), 12.2% and 12.5% (the Xeon, bf16, seeds 0 and 1) when
+# run again, 12.2% +- 0.3 over its four runs at 164 epochs. Resnet56 at 40 epochs on all 50k,
+# seeds 0, 1 and 2: 11.3%, 10.9% and 10.8% (11.0% +- 0.3), each under the paper's recipe's 11.4% at
+# 164 epochs.
 FAST = Recipe(
     name="fast",
     source="cnnlab: batch 128 at lr 0.4, linear warm-up and decay, Nesterov, label smoothing",
