@@ -156,6 +156,11 @@ def table(rows: Sequence[Summary]) -> str:
     return "\n".join(lines)
 
 
+def run_folder(out: Path, variant: Variant, seed: int) -> Path:
+    """Where the run of `variant` with `seed` is trained: OUT/<variant>-s<seed>."""
+    return out / f"{variant.name}-s{seed}"
+
+
 def plan(
     variants: Sequence[Variant], seeds: Sequence[int], out: Path
 ) -> list[tuple[Variant, int, Path]]:
@@ -163,7 +168,7 @@ def plan(
     1, ..., so that a sweep stopped part way (a deadline, a lost machine) leaves its variants
     with the same seeds, a paired comparison, rather than some variants with all and others
     with none."""
-    todo = [(v, s, out / f"{v.name}-s{s}") for s in seeds for v in variants]
+    todo = [(v, s, run_folder(out, v, s)) for s in seeds for v in variants]
     return [t for t in todo if final_errors(t[2]) is None]
 
 
@@ -226,7 +231,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     with ThreadPoolExecutor(max(1, args.jobs)) as pool:
         failed = [name for name, rc in pool.map(run, todo) if rc != 0]
     results = {v.name: [r for s in seeds
-                        if (r := final_errors(out / f"{v.name}-s{s}")) is not None]
+                        if (r := final_errors(run_folder(out, v, s))) is not None]
                for v in args.variant}  # fmt: skip
     rows = summarize(args.variant, results)
     text = table(rows)
