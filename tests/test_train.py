@@ -295,6 +295,23 @@ def test_zero_init_residual_is_applied_by_the_recipe(tmp_path: Path) -> None:
               progress=False)  # fmt: skip
 
 
+def test_whiten_init_starts_the_first_conv_from_the_training_images(tmp_path: Path) -> None:
+    from cnnlab.data import Normalize
+    from cnnlab.models.registry import create_model
+    from cnnlab.train.whitening import whiten_first_conv
+
+    data = make_data(16, 32)
+    recipe = small(FAST.replace(whiten_init=True, lr=1e-8), steps=1)  # a step that moves nothing
+    result = train("resnet20", data, recipe, out=tmp_path / "r", device="cpu", progress=False)
+    expected = create_model("resnet20")
+    whiten_first_conv(expected, data.images, Normalize.fit(data.images, "channel"))
+    torch.testing.assert_close(result.model.conv1.weight.detach().float(),
+                               expected.conv1.weight, rtol=1e-4, atol=1e-5)  # fmt: skip
+    plain = train("resnet20", data, small(FAST, steps=1), out=tmp_path / "p", device="cpu",
+                  progress=False)  # fmt: skip
+    assert not torch.allclose(plain.model.conv1.weight.detach().float(), expected.conv1.weight)
+
+
 def test_bn_momentum_is_set_on_every_batch_norm_by_the_recipe(tmp_path: Path) -> None:
     data = make_data(16, 32)
     moved = train("resnet20", data, small(FAST.replace(bn_momentum=1.0), steps=1),

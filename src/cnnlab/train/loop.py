@@ -87,6 +87,7 @@ from cnnlab.train.hardware import Arithmetic, choose_arithmetic, machine_info
 from cnnlab.train.recipes import Recipe, describe_differences
 from cnnlab.train.schedules import Plateau, SlowStart, learning_rate
 from cnnlab.train.step import TrainStep
+from cnnlab.train.whitening import whiten_first_conv
 
 __all__ = ["TrainResult", "TrainingDiverged", "train"]
 
@@ -306,6 +307,8 @@ def _train(
     _check_input_size(net, model_name, image_shape)
     if recipe.zero_init_residual:
         zero_init_residual(net)
+    if recipe.whiten_init:  # from the images as the step normalises them, on the CPU
+        whiten_first_conv(net, stats.images.cpu(), copy.deepcopy(normalize).cpu())
     if recipe.bn_momentum is not None:
         for module in net.modules():
             if isinstance(module, nn.modules.batchnorm._BatchNorm):
