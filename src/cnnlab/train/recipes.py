@@ -94,8 +94,8 @@ class Recipe:
     # The last batch norm of each residual branch starts at scale 0 (Goyal et al. 2017; see
     # models.resnet.zero_init_residual): an initialisation, the network unchanged.
     zero_init_residual: bool = False
-    # The first convolution starts as a whitening of the training images' patches (Coates & Ng
-    # 2011; airbench, Jordan 2024; see whitening.py): an initialisation, trained afterwards.
+    # The first convolution starts as a whitening of the training images' patches (Coates, Lee
+    # & Ng 2011; airbench, Jordan 2024; see whitening.py): an initialisation, trained after.
     whiten_init: bool = False
     # Fraction of each batch's statistics that BatchNorm's running mean and variance take in
     # (PyTorch's `momentum`; the running statistics are what evaluation uses). None: the

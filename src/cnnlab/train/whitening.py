@@ -1,9 +1,10 @@
 """The first convolution started as a whitening of the training images' patches.
 
-Coates & Ng 2011 (section 3.1) whiten image patches before learning features from them, and
-airbench (Jordan 2024, arXiv:2404.00498, section 3.2) starts its first convolution as that
-whitening, one filter per eigenvector of the patches' covariance and its negative, so that
-the ReLU after it keeps both signs. The same here, as an initialisation of the network's own
+Coates, Lee & Ng 2011 ("An analysis of single-layer networks in unsupervised feature
+learning") whiten image patches before learning features from them, and airbench (Jordan 2024,
+arXiv:2404.00498) starts its first convolution as such a whitening, one filter per
+eigenvector of the patches' covariance and its negative, so that the ReLU after it keeps both
+signs. The same here, as an initialisation of the network's own
 first convolution (its shape unchanged, trained like every other layer afterwards):
 
     patches p of the normalised training images, of the convolution's kernel size;
