@@ -75,8 +75,8 @@ def whiten_first_conv(net: nn.Module, images: Tensor, normalize: nn.Module | Non
         how many filters were set (an even number).
 
     Raises:
-        ValueError: the first convolution is grouped, strided in channels the images do not
-            have, or has fewer than two filters.
+        ValueError: the network has no convolution, or its first one is grouped, takes
+            another number of channels than the images have, or has fewer than two filters.
     """
     conv = first_conv(net)
     if conv.groups != 1 or conv.in_channels != images.shape[1] or conv.out_channels < 2:
