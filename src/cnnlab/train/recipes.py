@@ -304,14 +304,14 @@ HE2015 = Recipe(
 # Xeon (test 12.9% both; bf16 rounds differently): one run's validation error is uncertain by about
 # half a point. With all this resnet20 still ends above the paper's 11.9% test error at 30 epochs
 # (13.0% trained on the 45k split; 12.9% +- 0.1 on all 50k, three seeds); at 92 epochs (`--time 1`
-# on an H100, batch 256 at lr 0.2) it ended at 11.9%; at 45, 50 and 60 (this recipe,
-# seeds 0, 1 and 2, the Xeon) 12.4% +- 0.2, 12.3% +- 0.2 and 11.9% +- 0.3. The bar is one run:
-# he2015 itself ended at 12.3% (H100, bf16), 12.2% and 12.5% (the Xeon, bf16, seeds 0 and 1) when
-# run again, 12.2% +- 0.3 over its four runs at 164 epochs, which this recipe matches at about 50
-# epochs. The test-time mirror (`cnnlab eval --tta flip`) gains this recipe about 1.0 at every
-# length and he2015 1.4 to 1.8 (10.8% and 10.7%): it does not close the gap. Resnet56 at 40 epochs
-# on all 50k, seeds 0, 1 and 2: 11.3%, 10.9% and 10.8% (11.0% +- 0.3), each under the paper's
-# recipe's 11.4% at 164 epochs.
+# on an H100, batch 256 at lr 0.2) it ended at 11.9%; at 45, 50 and 60 (this recipe, seeds 0, 1 and
+# 2, the Xeon) 12.4% +- 0.2, 12.3% +- 0.2 and 11.9% +- 0.3, and at 50 over five seeds 12.1% +- 0.3
+# (seeds 3 and 4 at 11.84% and 11.87%, under the bar). The bar is one run: he2015 itself ended at
+# 12.3% (H100, bf16), 12.2% and 12.5% (the Xeon, bf16, seeds 0 and 1) when run again, 12.2% +- 0.3
+# over its four runs at 164 epochs, which this recipe matches at about 50 epochs. The test-time
+# mirror (`cnnlab eval --tta flip`) gains this recipe about 1.0 at every length and he2015 1.4 to
+# 1.8 (10.8% and 10.7%): it does not close the gap. Resnet56 at 40 epochs on all 50k, seeds 0, 1 and
+# 2: 11.3%, 10.9% and 10.8% (11.0% +- 0.3), each under the paper's recipe's 11.4% at 164 epochs.
 FAST = Recipe(
     name="fast",
     source="cnnlab: batch 128 at lr 0.4, linear warm-up and decay, Nesterov, label smoothing",
