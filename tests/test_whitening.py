@@ -29,6 +29,12 @@ def test_patch_covariance_matches_patches_taken_one_by_one() -> None:
     mean, cov = patch_covariance(images, (3, 2))
     np.testing.assert_allclose(mean.numpy(), patches.mean(0), rtol=1e-12)
     np.testing.assert_allclose(cov.numpy(), np.cov(patches.T, bias=True), rtol=1e-9, atol=1e-9)
+    spread = np.array([  # every other pixel, as a convolution with dilation 2 sees them
+        images[i, :, y : y + 5 : 2, x : x + 3 : 2].double().numpy().ravel()
+        for i in range(5) for y in range(3) for x in range(5)
+    ])  # fmt: skip
+    _, cov = patch_covariance(images, (3, 2), dilation=(2, 2))
+    np.testing.assert_allclose(cov.numpy(), np.cov(spread.T, bias=True), rtol=1e-9, atol=1e-9)
 
 
 def test_whitened_filters_decorrelate_the_patches_in_pairs_of_opposite_sign() -> None:

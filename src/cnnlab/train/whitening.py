@@ -4,8 +4,8 @@ Coates, Lee & Ng 2011 ("An analysis of single-layer networks in unsupervised fea
 learning") whiten image patches before learning features from them, and airbench (Jordan 2024,
 arXiv:2404.00498) starts its first convolution as such a whitening, one filter per
 eigenvector of the patches' covariance and its negative, so that the ReLU after it keeps both
-signs. The same here, as an initialisation of the network's own
-first convolution (its shape unchanged, trained like every other layer afterwards):
+signs. The same here, as an initialisation of the network's own first convolution (its shape
+unchanged, trained like every other layer afterwards):
 
     patches p of the normalised training images, of the convolution's kernel size;
     covariance C = E[(p - m)(p - m)^T] = V diag(lambda) V^T;
@@ -39,19 +39,23 @@ def first_conv(net: nn.Module) -> nn.Conv2d:
 
 
 def patch_covariance(
-    images: Tensor, kernel: tuple[int, int], normalize: nn.Module | None = None
+    images: Tensor,
+    kernel: tuple[int, int],
+    normalize: nn.Module | None = None,
+    dilation: tuple[int, int] = (1, 1),
 ) -> tuple[Tensor, Tensor]:
     """Mean (D,) and covariance (D x D) of all kernel-sized patches, D = C * kh * kw.
 
-    Patches are flattened channel first, as a convolution's weight is (`F.unfold`'s order).
-    `images` (N x C x H x W) go through `normalize` first, as the network sees them.
+    Patches are flattened channel first, as a convolution's weight is (`F.unfold`'s order),
+    and spread as a convolution with `dilation` sees them. `images` (N x C x H x W) go through
+    `normalize` first, as the network sees them.
     """
     total = torch.zeros((), dtype=torch.float64)
     first = second = None
     for start in range(0, images.shape[0], CHUNK):
         x = images[start : start + CHUNK]
         x = (normalize(x) if normalize is not None else x).double()
-        p = F.unfold(x, kernel).transpose(1, 2).flatten(0, 1)  # patches x D
+        p = F.unfold(x, kernel, dilation).transpose(1, 2).flatten(0, 1)  # patches x D
         first = p.sum(0) if first is None else first + p.sum(0)
         second = p.T @ p if second is None else second + p.T @ p
         total += p.shape[0]
@@ -87,7 +91,8 @@ def whiten_first_conv(net: nn.Module, images: Tensor, normalize: nn.Module | Non
         )
     step = max(1, images.shape[0] // SAMPLE_IMAGES)
     kernel = (conv.kernel_size[0], conv.kernel_size[1])
-    mean, cov = patch_covariance(images[::step][:SAMPLE_IMAGES], kernel, normalize)
+    dilation = (conv.dilation[0], conv.dilation[1])
+    mean, cov = patch_covariance(images[::step][:SAMPLE_IMAGES], kernel, normalize, dilation)
     eigenvalues, eigenvectors = torch.linalg.eigh(cov)  # ascending
     k = min(conv.out_channels // 2, eigenvalues.numel())
     eps = EPS * eigenvalues.mean().clamp(min=1e-12)
