@@ -300,7 +300,8 @@ HE2015 = Recipe(
 # to 13.7%): at 30 epochs no added regulariser helps. Seed 0 on the Xeon, against 12.4% (test
 # 12.9%): the first convolution started as a whitening of the images' patches (whiten_init) 12.3%
 # (test 13.2%), ahead only in the first epochs; batch 64 at lr 0.2 (the same lr per image, twice the
-# steps) 12.3% (test 12.9%). The same seed of this recipe ends at 11.7% on a Zen 4 and 12.4% on the
+# steps) 12.3% (test 12.9%); momentum 0.95 at lr 0.2 (the same effective step) 12.1% (test 12.8%),
+# within one run's noise. The same seed of this recipe ends at 11.7% on a Zen 4 and 12.4% on the
 # Xeon (test 12.9% both; bf16 rounds differently): one run's validation error is uncertain by about
 # half a point. With all this resnet20 still ends above the paper's 11.9% test error at 30 epochs
 # (13.0% trained on the 45k split; 12.9% +- 0.1 on all 50k, three seeds); at 92 epochs (`--time 1`
