@@ -9,7 +9,8 @@ from torch import nn
 from torch.nn import functional as F
 
 from cnnlab.data import Normalize
-from cnnlab.train.whitening import first_conv, patch_covariance, whiten_first_conv
+from cnnlab.models.layers import first_conv
+from cnnlab.train.whitening import patch_covariance, whiten_first_conv
 
 
 def smooth_images(n: int = 40, size: int = 12, seed: int = 0) -> torch.Tensor:
@@ -66,7 +67,7 @@ def test_whitening_starts_a_resnet_at_the_same_patches_it_would_have_seen() -> N
     net = create_model("resnet20")
     images = smooth_images(30, 32)
     assert whiten_first_conv(net, images, Normalize.fit(images, "channel")) == 16
-    assert first_conv(net) is net.conv1
+    assert first_conv(net) == ("conv1", net.conv1)
 
 
 def test_whitening_refuses_what_it_cannot_whiten() -> None:

@@ -69,6 +69,7 @@ from torch import Tensor, nn
 from torch.overrides import TorchFunctionMode
 
 from cnnlab.data import Normalize
+from cnnlab.models.layers import first_conv
 from cnnlab.models.pretrained import Pretrained, load
 from cnnlab.models.registry import create_model, list_models, model_card
 
@@ -345,18 +346,6 @@ def resolve_layer(model: nn.Module, layer: str, input_size: int) -> str:
         f"no layer {layer!r} in {type(model).__name__}; name a module path "
         f"(e.g. {', '.join(known[:6])}) or a conv label (conv1..conv{len(labels)})"
     )
-
-
-def first_conv(model: nn.Module) -> tuple[str, nn.Conv2d]:
-    """The first convolution that sees the image (the first Conv2d in module order).
-
-    Raises:
-        ValueError: the model has no Conv2d.
-    """
-    for name, m in model.named_modules():
-        if isinstance(m, nn.Conv2d):
-            return name, m
-    raise ValueError(f"{type(model).__name__} has no convolution")
 
 
 def kernel_images(conv: nn.Conv2d) -> Tensor:

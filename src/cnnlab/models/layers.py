@@ -29,6 +29,7 @@ __all__ = [
     "ZeroPadShortcut",
     "conv1x1",
     "conv3x3",
+    "first_conv",
     "init_he",
     "make_shortcut",
 ]
@@ -112,6 +113,18 @@ def make_shortcut(
     if same_shape:
         return IdentityShortcut()
     return ZeroPadShortcut(in_channels, out_channels, stride)
+
+
+def first_conv(model: nn.Module) -> tuple[str, nn.Conv2d]:
+    """The first convolution that sees the image (the first Conv2d in module order), by name.
+
+    Raises:
+        ValueError: the model has no Conv2d.
+    """
+    for name, m in model.named_modules():
+        if isinstance(m, nn.Conv2d):
+            return name, m
+    raise ValueError(f"{type(model).__name__} has no 2-d convolution (Conv2d)")
 
 
 def conv3x3(in_channels: int, out_channels: int, stride: int = 1) -> nn.Conv2d:

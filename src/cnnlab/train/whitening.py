@@ -23,19 +23,13 @@ import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
-__all__ = ["first_conv", "patch_covariance", "whiten_first_conv"]
+from cnnlab.models.layers import first_conv
+
+__all__ = ["patch_covariance", "whiten_first_conv"]
 
 SAMPLE_IMAGES = 2_000  # images whose patches estimate the covariance (evenly spaced)
 CHUNK = 250  # images unfolded at a time (2,000 CIFAR images at once: ~220 MB of patches)
 EPS = 5e-4  # relative to the mean eigenvalue (airbench's 5e-4 on per-channel unit inputs)
-
-
-def first_conv(net: nn.Module) -> nn.Conv2d:
-    """The network's first 2-d convolution (in the order its modules were registered)."""
-    for module in net.modules():
-        if isinstance(module, nn.Conv2d):
-            return module
-    raise ValueError(f"{type(net).__name__} has no 2-d convolution to start as a whitening")
 
 
 def patch_covariance(
@@ -50,17 +44,19 @@ def patch_covariance(
     and spread as a convolution with `dilation` sees them. `images` (N x C x H x W) go through
     `normalize` first, as the network sees them.
     """
-    total = torch.zeros((), dtype=torch.float64)
-    first = second = None
+    d = images.shape[1] * kernel[0] * kernel[1]
+    total = 0
+    first = torch.zeros(d, dtype=torch.float64, device=images.device)  # sum of the patches
+    second = torch.zeros(d, d, dtype=torch.float64, device=images.device)  # of their products
     for start in range(0, images.shape[0], CHUNK):
         x = images[start : start + CHUNK]
         x = (normalize(x) if normalize is not None else x).double()
         p = F.unfold(x, kernel, dilation).transpose(1, 2).flatten(0, 1)  # patches x D
-        first = p.sum(0) if first is None else first + p.sum(0)
-        second = p.T @ p if second is None else second + p.T @ p
         total += p.shape[0]
-    if first is None or second is None:
-        raise ValueError("no images to estimate the patch covariance from")
+        first += p.sum(0)
+        second += p.T @ p
+    if not total:
+        raise ValueError("no image patches to estimate the covariance from")
     mean = first / total
     return mean, second / total - torch.outer(mean, mean)
 
@@ -82,7 +78,7 @@ def whiten_first_conv(net: nn.Module, images: Tensor, normalize: nn.Module | Non
         ValueError: the network has no convolution, or its first one is grouped, takes
             another number of channels than the images have, or has fewer than two filters.
     """
-    conv = first_conv(net)
+    _, conv = first_conv(net)
     if conv.groups != 1 or conv.in_channels != images.shape[1] or conv.out_channels < 2:
         raise ValueError(
             f"the first convolution ({conv.in_channels} -> {conv.out_channels} channels, "
