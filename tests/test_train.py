@@ -193,6 +193,8 @@ def test_recipe_scaling_and_overrides() -> None:
         {"clean_final": -0.1},
         {"clean_final": 1.5},
         {"nesterov": "yes"},
+        {"optimizer": "adam"},
+        {"muon_lr": 0.0},
     ],
 )
 def test_out_of_range_recipe_is_a_clear_error(change: dict[str, object]) -> None:
@@ -337,6 +339,7 @@ def test_bn_momentum_is_set_on_every_batch_norm_by_the_recipe(tmp_path: Path) ->
         ("tinynet", 8, FAST.replace(flip="alternate", cutout=4)),
         ("resnet20", 32, FAST.replace(ema=0.9)),
         ("tinynet", 8, FAST.replace(lookahead_steps=3)),  # checkpoint at 4: slow and fast differ
+        ("resnet20", 32, FAST.replace(optimizer="muon")),  # momentum buffers of both kinds
     ],
 )
 def test_killed_run_resumes_to_the_same_weights(

@@ -52,6 +52,7 @@ SCHEDULES = ("step", "linear", "cosine", "plateau")
 PRECISIONS = ("auto", "fp32", "bf16")
 NORMALIZE = ("channel", "pixel", "mean")
 FLIPS = ("random", "alternate")
+OPTIMIZERS = ("sgd", "muon")
 # "pad": the CIFAR crop of in-memory images (4-pixel pad, random crop); the others are the
 # ImageNet papers' crops of streamed images (cnnlab.data.augment).
 CROPS = ("pad", "square", "scale", "area")
@@ -81,6 +82,11 @@ class Recipe:
     slow_start_min_depth: int = 110
     momentum: float = 0.9
     nesterov: bool = False
+    # "sgd"; "muon": the convolution filters take Muon (Jordan et al. 2024; muon.py), their
+    # peak lr muon_lr (how far a filter bank turns in a step), on the schedule's shape; the
+    # rest keeps SGD at lr. Needs batch norm after the convolutions.
+    optimizer: str = "sgd"
+    muon_lr: float = 0.02
     weight_decay: float = 1e-4
     decay_norm_and_bias: bool = True  # False: no weight decay on BatchNorm weights and biases
     label_smoothing: float = 0.0
@@ -134,6 +140,9 @@ class Recipe:
         check_choice("normalize", self.normalize, NORMALIZE)
         check_choice("flip", self.flip, FLIPS)
         check_choice("crop", self.crop, CROPS)
+        check_choice("optimizer", self.optimizer, OPTIMIZERS)
+        if not (self.muon_lr > 0 and math.isfinite(self.muon_lr)):
+            raise ValueError(f"muon_lr must be a positive number, got {self.muon_lr}")
         if self.plateau_patience < 1 or self.plateau_max < 0:
             raise ValueError("plateau_patience must be at least 1 and plateau_max at least 0")
         if self.cutout < 0:

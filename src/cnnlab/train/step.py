@@ -6,7 +6,7 @@
 The step owns what makes it fast on a given machine, decided once when it is built from the
 hardware (see hardware.py) and never branched on by the loop: the precision (bfloat16 autocast
 or float32), the memory layout (channels_last or NCHW), the optimizer (fused SGD, one kernel
-for all parameters), and on CUDA a CUDA graph of the whole step.
+for all parameters, or the recipe's Muon), and on CUDA a CUDA graph of the whole step.
 
 CUDA graphs. At the recipe's batch sizes the CIFAR networks' kernels are small: launched one
 by one from Python, resnet20 trains at ~20k images/s on an H100 whose arithmetic allows several
@@ -42,6 +42,7 @@ from torch.nn.parallel import DistributedDataParallel
 
 from cnnlab.data import Normalize
 from cnnlab.train.hardware import Arithmetic, autocast
+from cnnlab.train.muon import Muon
 from cnnlab.train.recipes import Recipe
 
 __all__ = ["TrainStep", "make_optimizer"]
@@ -49,13 +50,22 @@ __all__ = ["TrainStep", "make_optimizer"]
 WARMUP_STEPS = 3  # eager steps before the capture: cuDNN's algorithm search, buffers allocated
 
 
-def make_optimizer(net: nn.Module, recipe: Recipe, lr: Tensor) -> torch.optim.SGD:
-    """SGD with momentum as the recipe says, fused, reading its learning rate from `lr`.
+def make_optimizer(net: nn.Module, recipe: Recipe, lr: Tensor) -> torch.optim.Optimizer:
+    """The recipe's optimizer, reading its learning rate from `lr`.
 
-    Without `decay_norm_and_bias`, BatchNorm scales and shifts and all biases (the 1-d
-    parameters) get no weight decay.
+    "sgd": SGD with momentum, fused (one kernel for all parameters). "muon": Muon for the
+    convolution filters (muon.py), at `muon_lr` on the schedule's shape, and SGD with momentum
+    for the rest. Without `decay_norm_and_bias`, BatchNorm scales and shifts and all biases
+    (the 1-d parameters) get no weight decay.
     """
     params = [p for p in net.parameters() if p.requires_grad]
+    filters = [p for p in params if p.ndim == 4] if recipe.optimizer == "muon" else []
+    if filters and not any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in net.modules()):
+        raise ValueError(
+            "optimizer muon keeps each filter bank at a fixed norm, which only batch norm after "
+            f"the convolutions makes harmless; {type(net).__name__} has none: use optimizer sgd"
+        )
+    params = [p for p in params if id(p) not in {id(f) for f in filters}]
     if recipe.decay_norm_and_bias:
         groups = [{"params": params, "weight_decay": recipe.weight_decay}]
     else:
@@ -64,6 +74,10 @@ def make_optimizer(net: nn.Module, recipe: Recipe, lr: Tensor) -> torch.optim.SG
             {"params": [p for p in params if p.ndim <= 1], "weight_decay": 0.0},
         ]
     groups = [g for g in groups if g["params"]]
+    if recipe.optimizer == "muon":
+        scale = recipe.muon_lr / recipe.lr
+        groups.insert(0, {"params": filters, "orthogonal": True, "lr_scale": scale})
+        return Muon(groups, lr=lr, momentum=recipe.momentum, nesterov=recipe.nesterov)
     return torch.optim.SGD(
         groups, lr=lr, momentum=recipe.momentum, nesterov=recipe.nesterov, fused=True
     )
@@ -140,14 +154,16 @@ class TrainStep:
         self.optimizer.load_state_dict(state)
         for group in self.optimizer.param_groups:  # the loaded groups carry a copy of lr
             group["lr"] = self.lr
-            group["fused"], group["foreach"] = True, None
+            if isinstance(self.optimizer, torch.optim.SGD):
+                group["fused"], group["foreach"] = True, None
 
     def describe(self) -> str:
         """How the step runs, for the line printed when training starts."""
         how = "CUDA graph" if self.cuda_graph else "eager"
         if isinstance(self.forward, DistributedDataParallel):
             how += ", DDP"
-        return f"step: {how}, fused SGD"
+        optimizer = "Muon and SGD" if isinstance(self.optimizer, Muon) else "fused SGD"
+        return f"step: {how}, {optimizer}"
 
     def __call__(self, x: Tensor, y: Tensor, lr: float) -> tuple[Tensor, Tensor]:
         """Train on one batch: uint8 images `x` (N x C x H x W) and labels `y`, at rate `lr`.

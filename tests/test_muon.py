@@ -1,0 +1,115 @@
+"""Muon (cnnlab.train.muon): the orthogonalisation against an SVD, the SGD groups against
+torch.optim.SGD, the filter step against its formula, and what make_optimizer builds."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from cnnlab.models.registry import create_model
+from cnnlab.train import FAST
+from cnnlab.train.muon import Muon, orthogonalize
+from cnnlab.train.step import make_optimizer
+
+
+def _polar(m: torch.Tensor) -> torch.Tensor:
+    u, _, vh = torch.linalg.svd(m.double(), full_matrices=False)
+    return (u @ vh).float()
+
+
+@pytest.mark.parametrize("shape", [(16, 27), (64, 576), (32, 16), (10, 10)])
+def test_orthogonalize_is_near_the_polar_factor(shape: tuple[int, int]) -> None:
+    m = torch.randn(*shape, generator=torch.Generator().manual_seed(0))
+    o = orthogonalize(m)
+    assert o.shape == m.shape
+    s = torch.linalg.svdvals(o)
+    assert s.min() > 0.6 and s.max() < 1.25  # Jordan et al.'s iteration: roughly 0.7 to 1.2
+    polar = _polar(m)
+    assert torch.nn.functional.cosine_similarity(o.flatten(), polar.flatten(), dim=0) > 0.97
+    # The singular vectors are m's: o^T m is symmetric positive semi-definite (o = U S' V^T).
+    gram = (o.T @ m).double() if shape[0] >= shape[1] else (m @ o.T).double()
+    torch.testing.assert_close(gram, gram.T, rtol=1e-3, atol=1e-3)
+    assert torch.linalg.eigvalsh(gram).min() > -1e-3
+
+
+def test_orthogonalize_is_scale_free_and_refuses_non_matrices() -> None:
+    m = torch.randn(8, 20, generator=torch.Generator().manual_seed(1))
+    torch.testing.assert_close(orthogonalize(m), orthogonalize(1000 * m), rtol=1e-4, atol=1e-5)
+    with pytest.raises(ValueError, match="matrix"):
+        orthogonalize(torch.randn(2, 3, 3, 3))
+
+
+def _grads(params: list[nn.Parameter], seed: int) -> None:
+    g = torch.Generator().manual_seed(seed)
+    for p in params:
+        p.grad = torch.randn(p.shape, generator=g)
+
+
+@pytest.mark.parametrize("nesterov", [False, True])
+def test_plain_groups_step_as_torch_sgd(nesterov: bool) -> None:
+    torch.manual_seed(0)
+    a = [nn.Parameter(torch.randn(4, 3)), nn.Parameter(torch.randn(5))]
+    b = [nn.Parameter(p.detach().clone()) for p in a]
+    lr = torch.tensor(0.3)
+    ours = Muon([{"params": a[:1], "weight_decay": 0.01}, {"params": a[1:]}], lr=lr,
+                momentum=0.9, nesterov=nesterov)  # fmt: skip
+    theirs = torch.optim.SGD([{"params": b[:1], "weight_decay": 0.01}, {"params": b[1:]}],
+                             lr=0.3, momentum=0.9, nesterov=nesterov)  # fmt: skip
+    for step in range(4):
+        _grads(a, step)
+        _grads(b, step)
+        ours.step()
+        theirs.step()
+    for p, q in zip(a, b, strict=True):
+        torch.testing.assert_close(p, q)
+
+
+def test_filter_step_normalises_then_moves_by_the_orthogonalised_momentum() -> None:
+    torch.manual_seed(0)
+    w = nn.Parameter(3 * torch.randn(8, 4, 3, 3))
+    lr = torch.tensor(0.1)
+    opt = Muon([{"params": [w], "orthogonal": True, "lr_scale": 0.5}], lr=lr, momentum=0.9,
+               nesterov=True)  # fmt: skip
+    grads = [torch.randn(8, 4, 3, 3) for _ in range(3)]
+    expected = w.detach().clone()
+    buf = torch.zeros_like(expected)
+    for i, g in enumerate(grads):
+        w.grad = g.clone()
+        opt.step()
+        buf = g.clone() if i == 0 else 0.9 * buf + g
+        expected = expected * (8**0.5 / expected.norm())
+        expected = expected - 0.05 * orthogonalize((g + 0.9 * buf).reshape(8, -1)).view(8, 4, 3, 3)
+        torch.testing.assert_close(w.detach(), expected)
+    # The learning rate is read from the tensor at each step: 0 leaves only the normalisation.
+    lr.fill_(0.0)
+    w.grad = grads[0].clone()
+    opt.step()
+    torch.testing.assert_close(w.detach().norm(), torch.tensor(8**0.5))
+    with pytest.raises(ValueError, match="weight decay"):
+        Muon([{"params": [w], "orthogonal": True, "weight_decay": 1e-4}], lr=0.1)
+
+
+def test_make_optimizer_gives_the_filters_muon_and_the_rest_sgd() -> None:
+    net = create_model("resnet20")
+    lr = torch.tensor(0.0)
+    recipe = FAST.replace(optimizer="muon", muon_lr=0.02)
+    opt = make_optimizer(net, recipe, lr)
+    assert isinstance(opt, Muon)
+    filters, decayed, free = opt.param_groups
+    convs = [m.weight for m in net.modules() if isinstance(m, nn.Conv2d)]
+    assert len(convs) == 19 and {id(p) for p in filters["params"]} == {id(p) for p in convs}
+    assert filters["orthogonal"] and filters["lr_scale"] == pytest.approx(0.02 / FAST.lr)
+    assert [id(p) for p in decayed["params"]] == [id(net.fc.weight)]
+    assert decayed["weight_decay"] == FAST.weight_decay and free["weight_decay"] == 0.0
+    assert all(p.ndim == 1 for p in free["params"])
+    total = sum(len(g["params"]) for g in opt.param_groups)
+    assert total == len(list(net.parameters()))
+    assert all(g["lr"] is lr for g in opt.param_groups)
+    assert isinstance(make_optimizer(net, FAST, lr), torch.optim.SGD)
+
+
+def test_muon_without_batch_norm_is_refused() -> None:
+    net = nn.Sequential(nn.Conv2d(3, 8, 3), nn.ReLU(), nn.Flatten(), nn.LazyLinear(10))
+    with pytest.raises(ValueError, match="batch norm.*use optimizer sgd"):
+        make_optimizer(net, FAST.replace(optimizer="muon"), torch.tensor(0.1))
