@@ -65,7 +65,8 @@ def make_optimizer(net: nn.Module, recipe: Recipe, lr: Tensor) -> torch.optim.Op
             "optimizer muon keeps each filter bank at a fixed norm, which only batch norm after "
             f"the convolutions makes harmless; {type(net).__name__} has none: use optimizer sgd"
         )
-    params = [p for p in params if id(p) not in {id(f) for f in filters}]
+    muon = {id(f) for f in filters}
+    params = [p for p in params if id(p) not in muon]
     if recipe.decay_norm_and_bias:
         groups = [{"params": params, "weight_decay": recipe.weight_decay}]
     else:
