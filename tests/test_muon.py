@@ -106,7 +106,10 @@ def test_make_optimizer_gives_the_filters_muon_and_the_rest_sgd() -> None:
     total = sum(len(g["params"]) for g in opt.param_groups)
     assert total == len(list(net.parameters()))
     assert all(g["lr"] is lr for g in opt.param_groups)
+    assert all(g["momentum"] == FAST.momentum for g in opt.param_groups)
     assert isinstance(make_optimizer(net, FAST, lr), torch.optim.SGD)
+    own = make_optimizer(net, recipe.replace(muon_momentum=0.6), lr).param_groups
+    assert [g["momentum"] for g in own] == [0.6, FAST.momentum, FAST.momentum]
 
 
 def test_muon_without_batch_norm_is_refused() -> None:

@@ -195,6 +195,7 @@ def test_recipe_scaling_and_overrides() -> None:
         {"nesterov": "yes"},
         {"optimizer": "adam"},
         {"muon_lr": 0.0},
+        {"muon_momentum": 1.0},
     ],
 )
 def test_out_of_range_recipe_is_a_clear_error(change: dict[str, object]) -> None:

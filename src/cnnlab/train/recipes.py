@@ -84,9 +84,11 @@ class Recipe:
     nesterov: bool = False
     # "sgd"; "muon": the convolution filters take Muon (Jordan et al. 2024; muon.py), their
     # peak lr muon_lr (how far a filter bank turns in a step), on the schedule's shape; the
-    # rest keeps SGD at lr. Needs batch norm after the convolutions.
+    # rest keeps SGD at lr. Needs batch norm after the convolutions. muon_momentum: the
+    # filters' momentum (None: `momentum`, as the rest).
     optimizer: str = "sgd"
     muon_lr: float = 0.02
+    muon_momentum: float | None = None
     weight_decay: float = 1e-4
     decay_norm_and_bias: bool = True  # False: no weight decay on BatchNorm weights and biases
     label_smoothing: float = 0.0
@@ -184,6 +186,8 @@ class Recipe:
             raise ValueError(f"label_smoothing must be in [0, 1), got {self.label_smoothing}")
         if self.weight_decay < 0 or not 0 <= self.momentum < 1:
             raise ValueError("weight_decay must be >= 0 and momentum in [0, 1)")
+        if self.muon_momentum is not None and not 0 <= self.muon_momentum < 1:
+            raise ValueError(f"muon_momentum must be in [0, 1) or unset, got {self.muon_momentum}")
 
     def with_steps(self, steps: int) -> Recipe:
         """The same recipe over `steps` optimizer steps; milestones and warm-up scale with it."""

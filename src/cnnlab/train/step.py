@@ -54,9 +54,10 @@ def make_optimizer(net: nn.Module, recipe: Recipe, lr: Tensor) -> torch.optim.Op
     """The recipe's optimizer, reading its learning rate from `lr`.
 
     "sgd": SGD with momentum, fused (one kernel for all parameters). "muon": Muon for the
-    convolution filters (muon.py), at `muon_lr` on the schedule's shape, and SGD with momentum
-    for the rest. Without `decay_norm_and_bias`, BatchNorm scales and shifts and all biases
-    (the 1-d parameters) get no weight decay.
+    convolution filters (muon.py), at `muon_lr` on the schedule's shape and momentum
+    `muon_momentum` where set, and SGD with momentum for the rest. Without
+    `decay_norm_and_bias`, BatchNorm scales and shifts and all biases (the 1-d parameters) get
+    no weight decay.
     """
     params = [p for p in net.parameters() if p.requires_grad]
     filters = [p for p in params if p.ndim == 4] if recipe.optimizer == "muon" else []
@@ -77,7 +78,10 @@ def make_optimizer(net: nn.Module, recipe: Recipe, lr: Tensor) -> torch.optim.Op
     groups = [g for g in groups if g["params"]]
     if recipe.optimizer == "muon":
         scale = recipe.muon_lr / recipe.lr
-        groups.insert(0, {"params": filters, "orthogonal": True, "lr_scale": scale})
+        momentum = recipe.momentum if recipe.muon_momentum is None else recipe.muon_momentum
+        groups.insert(
+            0, {"params": filters, "orthogonal": True, "lr_scale": scale, "momentum": momentum}
+        )
         return Muon(groups, lr=lr, momentum=recipe.momentum, nesterov=recipe.nesterov)
     return torch.optim.SGD(
         groups, lr=lr, momentum=recipe.momentum, nesterov=recipe.nesterov, fused=True
