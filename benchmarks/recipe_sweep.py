@@ -212,6 +212,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     seeds = range(args.first_seed, args.first_seed + args.seeds)
+    never = [v.name for v in args.variant if not any(run_folder(out, v, s).is_dir() for s in seeds)]
+    if args.report and never:  # a misspelt name would otherwise overwrite the sweep's table
+        p.error(f"--report: no run of {', '.join(never)} under {out} (folders NAME-sSEED): check "
+                "the variant names and --seeds; nothing written")  # fmt: skip
     todo = [] if args.report else plan(args.variant, seeds, out)
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     threads = threads_per_run(args.jobs) if args.device in (None, "cpu") else None

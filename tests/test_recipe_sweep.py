@@ -124,3 +124,17 @@ def test_a_small_sweep_trains_and_resumes(
     assert (out / "ls0.0-s4.log").is_file()  # a dot in the name stays in the log's name
     assert sweep.main(argv) == 0  # everything ended: read back, nothing trained
     assert "0 runs to train" in capsys.readouterr().out
+
+
+def test_report_of_a_variant_never_run_is_refused_and_writes_nothing(
+    sweep: ModuleType, tmp_path: Path, capsys
+) -> None:
+    _run(tmp_path / "a-s0", 100, 100, 11.0)
+    (tmp_path / "sweep.md").write_text("the table of the sweep\n")
+    argv = ["--data", "x", "--out", str(tmp_path), "--seeds", "1", "--report",
+            "--variant", "a=", "--variant", "typo=--lr 0.4"]  # fmt: skip
+    with pytest.raises(SystemExit):
+        sweep.main(argv)
+    assert "no run of typo" in capsys.readouterr().err
+    assert (tmp_path / "sweep.md").read_text() == "the table of the sweep\n"
+    assert not (tmp_path / "sweep.json").exists()
