@@ -110,6 +110,13 @@ def test_make_optimizer_gives_the_filters_muon_and_the_rest_sgd() -> None:
     assert isinstance(make_optimizer(net, FAST, lr), torch.optim.SGD)
     own = make_optimizer(net, recipe.replace(muon_momentum=0.6), lr).param_groups
     assert [g["momentum"] for g in own] == [0.6, FAST.momentum, FAST.momentum]
+    # Without muon_first_conv the first convolution joins the decayed SGD group.
+    filters, decayed, _ = make_optimizer(
+        net, recipe.replace(muon_first_conv=False), lr
+    ).param_groups
+    assert {id(p) for p in filters["params"]} == {id(p) for p in convs[1:]}
+    assert convs[0] is net.conv1.weight
+    assert {id(p) for p in decayed["params"]} == {id(net.conv1.weight), id(net.fc.weight)}
 
 
 def test_muon_without_batch_norm_is_refused() -> None:

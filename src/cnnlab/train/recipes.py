@@ -85,10 +85,12 @@ class Recipe:
     # "sgd"; "muon": the convolution filters take Muon (Jordan et al. 2024; muon.py), their
     # peak lr muon_lr (how far a filter bank turns in a step), on the schedule's shape; the
     # rest keeps SGD at lr. Needs batch norm after the convolutions. muon_momentum: the
-    # filters' momentum (None: `momentum`, as the rest).
+    # filters' momentum (None: `momentum`, as the rest). muon_first_conv False: the first
+    # convolution, the one that sees the images, keeps SGD with the rest (as airbench's does).
     optimizer: str = "sgd"
     muon_lr: float = 0.02
     muon_momentum: float | None = None
+    muon_first_conv: bool = True
     weight_decay: float = 1e-4
     decay_norm_and_bias: bool = True  # False: no weight decay on BatchNorm weights and biases
     label_smoothing: float = 0.0

@@ -54,13 +54,17 @@ def make_optimizer(net: nn.Module, recipe: Recipe, lr: Tensor) -> torch.optim.Op
     """The recipe's optimizer, reading its learning rate from `lr`.
 
     "sgd": SGD with momentum, fused (one kernel for all parameters). "muon": Muon for the
-    convolution filters (muon.py), at `muon_lr` on the schedule's shape and momentum
-    `muon_momentum` where set, and SGD with momentum for the rest. Without
-    `decay_norm_and_bias`, BatchNorm scales and shifts and all biases (the 1-d parameters) get
-    no weight decay.
+    convolution filters (muon.py; without `muon_first_conv`, all but the first convolution's),
+    at `muon_lr` on the schedule's shape and momentum `muon_momentum` where set, and SGD with
+    momentum for the rest. Without `decay_norm_and_bias`, BatchNorm scales and shifts and all
+    biases (the 1-d parameters) get no weight decay.
     """
     params = [p for p in net.parameters() if p.requires_grad]
     filters = [p for p in params if p.ndim == 4] if recipe.optimizer == "muon" else []
+    if filters and not recipe.muon_first_conv:
+        convs = (m for m in net.modules() if isinstance(m, nn.modules.conv._ConvNd))
+        first = next(convs).weight
+        filters = [p for p in filters if p is not first]
     if filters and not any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in net.modules()):
         raise ValueError(
             "optimizer muon keeps each filter bank at a fixed norm, which only batch norm after "
