@@ -53,6 +53,43 @@ def test_auto_is_bf16_only_where_native(bf16_native: callable) -> None:
     assert not choose_arithmetic(CPU, "fp32", channels_last=False).channels_last
 
 
+# torch.cpu.get_capabilities() of CPUs cnnlab has met (the keys that matter here).
+ZEN3 = {"architecture": "x86_64", "avx512_f": False, "avx512_bf16": False, "amx_bf16": False}
+ZEN5 = {"architecture": "x86_64", "avx512_f": True, "avx512_bf16": True, "amx_bf16": False}
+XEON_AMX = {"architecture": "x86_64", "avx512_f": True, "avx512_bf16": True, "amx_bf16": True}
+# Emerald Rapids under KVM with AVX512-BF16 and AMX hidden: oneDNN still says bf16.
+XEON_HIDDEN = {"architecture": "x86_64", "avx512_f": True, "avx512_bf16": False, "amx_bf16": False}
+ARM = {"architecture": "aarch64"}
+
+
+@pytest.mark.parametrize(
+    ("onednn", "features", "native"),
+    [
+        (False, ZEN3, False),
+        (True, ZEN5, True),
+        (True, XEON_AMX, True),
+        (True, {"architecture": "x86_64", "amx_bf16": True}, True),
+        (True, XEON_HIDDEN, False),  # AVX512 alone: emulated, 6.4x slower there
+        (True, ARM, True),  # elsewhere oneDNN's answer stands
+        (False, ARM, False),
+    ],
+)
+def test_cpu_runs_bf16_needs_the_instructions_on_x86(
+    onednn: bool, features: dict[str, object], native: bool
+) -> None:
+    assert hardware.cpu_runs_bf16(onednn, features) is native
+
+
+def test_native_bf16_asks_onednn_and_the_instructions(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", lambda: True)
+    monkeypatch.setattr(torch.cpu, "get_capabilities", lambda: XEON_HIDDEN)
+    assert not hardware.native_bf16(CPU)
+    assert choose_arithmetic(CPU).precision == "fp32"
+    monkeypatch.setattr(torch.cpu, "get_capabilities", lambda: ZEN5)
+    assert hardware.native_bf16(CPU)
+    assert choose_arithmetic(CPU).precision == "bf16"
+
+
 def test_explicit_bf16_where_emulated_runs_with_a_warning(bf16_native: callable) -> None:
     bf16_native(False)
     with pytest.warns(EmulatedPrecisionWarning, match=r"emulated .* 14\.5x its float32 time"):

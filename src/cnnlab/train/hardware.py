@@ -2,17 +2,21 @@
 
 bfloat16 autocast halves the bytes of every activation and doubles the arithmetic rate where
 the hardware has bfloat16 instructions, and is emulated (slower than float32) where it has not.
-Measured with cnnlab's resnet20 step, batch 128, on 2-core AMD EPYC machines (issue 7):
+Measured with cnnlab's resnet20 step, batch 128, on 2-core machines (issues 7 and 8):
 
     CPU                     capability  native bf16  float32 channels_last   bf16 autocast
-    Zen 5                   AVX512      yes          ~640 images/s           ~1,430 images/s
-    Zen 3                   AVX2        no            460 images/s             30 images/s
+    AMD EPYC Zen 5          AVX512      yes          ~640 images/s           ~1,430 images/s
+    AMD EPYC Zen 3          AVX2        no            460 images/s             30 images/s
+    Intel Xeon, KVM (a)     AVX512      no            750 images/s            240 images/s
+
+    (a) Emerald Rapids with AVX512-BF16 and AMX hidden by the hypervisor; oneDNN says bf16.
 
 So "auto" means bfloat16 where the device runs it natively (CUDA GPUs of compute capability
-8.0 and later; CPUs where oneDNN reports bf16 support, i.e. AVX512-BF16 or AMX) and float32
-elsewhere. channels_last (NHWC) is chosen on the CPU (oneDNN's convolutions are NHWC: 460
-against 377 images/s on the Zen 3, x1.4 on the Zen 5) and on GPUs with tensor cores (7.0 and
-later), whose convolution kernels are NHWC.
+8.0 and later; x86 CPUs with AVX512-BF16 or AMX-BF16 instructions, other CPUs where oneDNN
+reports bf16 support) and float32 elsewhere: oneDNN's own answer is yes on any AVX512 CPU,
+where bfloat16 is emulated (see cpu_runs_bf16). channels_last (NHWC) is chosen on the CPU
+(oneDNN's convolutions are NHWC: 460 against 377 images/s on the Zen 3, x1.4 on the Zen 5)
+and on GPUs with tensor cores (7.0 and later), whose convolution kernels are NHWC.
 
 `native_bf16` and `cpu_capability` are the only places that ask the hardware; tests replace
 them to check both answers on any machine.
@@ -25,6 +29,7 @@ import os
 import platform
 import time
 import warnings
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -38,6 +43,7 @@ __all__ = [
     "check_device",
     "choose_arithmetic",
     "cpu_capability",
+    "cpu_runs_bf16",
     "describe_machine",
     "machine_info",
     "native_bf16",
@@ -78,8 +84,35 @@ def native_bf16(device: torch.device) -> bool:
         major, _ = torch.cuda.get_device_capability(device)
         return major >= 8  # Ampere and later have bfloat16 tensor cores
     if device.type == "cpu":
-        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+        return cpu_runs_bf16(
+            bool(torch.ops.mkldnn._is_mkldnn_bf16_supported()), torch.cpu.get_capabilities()
+        )
     return False
+
+
+# x86 instructions that compute in bfloat16: AVX512-BF16 (dot products of bfloat16 pairs) and
+# AMX-BF16 (matrix tiles).
+X86_BF16_INSTRUCTIONS = ("avx512_bf16", "amx_bf16")
+
+
+def cpu_runs_bf16(onednn_bf16: bool, features: Mapping[str, object]) -> bool:
+    """Whether a CPU computes in bfloat16 natively, from oneDNN's answer and its features.
+
+    oneDNN says yes to bfloat16 on x86 wherever AVX512 (BW, VL, DQ) is present, with or
+    without bfloat16 instructions; without them it converts to float32 and back. An Intel Xeon
+    (Emerald Rapids) under KVM that hid AVX512-BF16 and AMX took 6.4x the float32 time for a
+    3x3 convolution under bfloat16 autocast (issue 8, 2026-12-06). On x86 the instructions
+    decide; elsewhere (ARM: SVE, BF16) oneDNN's answer stands.
+
+    Args:
+        onednn_bf16: `torch.ops.mkldnn._is_mkldnn_bf16_supported()`.
+        features: `torch.cpu.get_capabilities()` ("architecture", "avx512_bf16", ...).
+    """
+    if not onednn_bf16:
+        return False
+    if features.get("architecture") in ("x86_64", "x86"):
+        return any(bool(features.get(name)) for name in X86_BF16_INSTRUCTIONS)
+    return True
 
 
 def check_device(device: torch.device) -> None:
