@@ -1,6 +1,7 @@
 """Training throughput, side by side: cnnlab's loop against the usual CIFAR training script.
 
-(a) cnnlab: `cnnlab.train.loop.train` with the `fast` recipe, whose precision and memory layout
+(a) cnnlab: `cnnlab.train.loop.train` with the `fast` recipe, its optimizer SGD with momentum
+    as the reference's (`fast` itself gives the filters Muon), whose precision and memory layout
     are chosen for the hardware ("auto", see cnnlab/train/hardware.py): bfloat16 autocast where
     the device runs it natively, float32 elsewhere. Where that choice is bfloat16, the same loop
     also runs in float32 ("cnnlab fp32"), to show what bfloat16 brings.
@@ -221,7 +222,8 @@ def cnnlab_run(
     Args:
         precision: None keeps the recipe's ("auto": chosen for the hardware).
     """
-    recipe = FAST.replace(batch_size=batch_size, precision=precision).with_steps(steps)
+    recipe = FAST.replace(batch_size=batch_size, precision=precision, optimizer="sgd")
+    recipe = recipe.with_steps(steps)  # the same optimizer as the reference: the loop compared
     warm = warm_steps(steps)
     start = time.perf_counter()
     # A metrics row (one sync) every tenth of the run, about as often as a real run's default

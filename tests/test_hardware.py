@@ -18,8 +18,9 @@ from cnnlab import cli
 from cnnlab.cli import main
 from cnnlab.data import Normalize
 from cnnlab.models.registry import create_model
-from cnnlab.train import FAST, hardware, timing, train
+from cnnlab.train import FAST, Recipe, hardware, timing, train
 from cnnlab.train.hardware import EmulatedPrecisionWarning, choose_arithmetic
+from cnnlab.train.muon import Muon
 from cnnlab.train.step import TrainStep
 from test_train import make_data, make_image_folder, small
 
@@ -236,35 +237,52 @@ def test_default_evaluation_is_at_most_once_an_epoch(tmp_path: Path) -> None:
 # -- the step unit (its CUDA graph is tested in test_gpu.py) -----------------------------------
 
 
-def _cpu_step() -> TrainStep:
+def _cpu_step(recipe: Recipe = FAST) -> TrainStep:
     torch.manual_seed(0)
     net = create_model("resnet20")
     normalize = Normalize(torch.full((3,), 0.5), torch.full((3,), 0.25))
-    return TrainStep(net, FAST, choose_arithmetic(CPU, "fp32"), normalize, CPU)
+    return TrainStep(net, recipe, choose_arithmetic(CPU, "fp32"), normalize, CPU)
 
 
-def test_step_returns_device_tensors_and_reads_its_learning_rate() -> None:
-    step = _cpu_step()
+@pytest.mark.parametrize("optimizer", ["auto", "sgd"])
+def test_step_returns_device_tensors_and_reads_its_learning_rate(optimizer: str) -> None:
+    step = _cpu_step(FAST.replace(optimizer=optimizer))
     x = torch.randint(0, 256, (8, 3, 32, 32), dtype=torch.uint8)
     y = torch.arange(8) % 10
     loss, wrong = step(x, y, 0.1)
     assert loss.shape == () and loss.dtype == torch.float32 and wrong.dtype == torch.int64
     assert all(group["lr"] is step.lr for group in step.optimizer.param_groups)
-    weights = [p.detach().clone() for p in step.net.parameters()]
+
+    def weights() -> list[torch.Tensor]:
+        # Muon rescales each filter bank to its fixed norm at every step, even at lr 0: what
+        # the learning rate moves is the bank's direction.
+        return [p.detach() / p.norm() if p.ndim == 4 else p.detach().clone()
+                for p in step.net.parameters()]  # fmt: skip
+
+    before = weights()
     step(x, y, 0.0)  # the learning rate is read from the tensor at each step
-    assert all(torch.equal(a, b) for a, b in zip(weights, step.net.parameters(), strict=True))
+    for a, b in zip(before, weights(), strict=True):
+        torch.testing.assert_close(a, b, rtol=0, atol=1e-6)
     assert float(step.lr) == 0.0
     step(x, y, 0.1)
-    assert not all(torch.equal(a, b) for a, b in zip(weights, step.net.parameters(), strict=True))
+    assert not all(torch.allclose(a, b) for a, b in zip(before, weights(), strict=True))
 
 
-def test_loaded_optimizer_state_keeps_the_steps_learning_rate() -> None:
-    a, b = _cpu_step(), _cpu_step()
+@pytest.mark.parametrize("optimizer", ["auto", "sgd"])
+def test_loaded_optimizer_state_keeps_the_steps_learning_rate(optimizer: str) -> None:
+    recipe = FAST.replace(optimizer=optimizer)
+    a, b = _cpu_step(recipe), _cpu_step(recipe)
     x = torch.randint(0, 256, (8, 3, 32, 32), dtype=torch.uint8)
     a(x, torch.arange(8), 0.1)
     b.load_optimizer_state(a.optimizer.state_dict())
     assert all(group["lr"] is b.lr for group in b.optimizer.param_groups)
-    assert all(group["fused"] for group in b.optimizer.param_groups)
+    for p, q in zip(a.net.parameters(), b.net.parameters(), strict=True):
+        moved = a.optimizer.state[p]["momentum_buffer"]
+        torch.testing.assert_close(b.optimizer.state[q]["momentum_buffer"], moved)
+    if optimizer == "sgd":
+        assert all(group["fused"] for group in b.optimizer.param_groups)
+    else:
+        assert isinstance(b.optimizer, Muon) and b.optimizer.param_groups[0]["orthogonal"]
 
 
 def test_recipe_options_from_the_command_line(tmp_path: Path, monkeypatch, capsys) -> None:

@@ -107,7 +107,7 @@ def test_make_optimizer_gives_the_filters_muon_and_the_rest_sgd() -> None:
     assert total == len(list(net.parameters()))
     assert all(g["lr"] is lr for g in opt.param_groups)
     assert all(g["momentum"] == FAST.momentum for g in opt.param_groups)
-    assert isinstance(make_optimizer(net, FAST, lr), torch.optim.SGD)
+    assert isinstance(make_optimizer(net, FAST.replace(optimizer="sgd"), lr), torch.optim.SGD)
     own = make_optimizer(net, recipe.replace(muon_momentum=0.6), lr).param_groups
     assert [g["momentum"] for g in own] == [0.6, FAST.momentum, FAST.momentum]
     # Without muon_first_conv the first convolution joins the decayed SGD group.
@@ -117,6 +117,18 @@ def test_make_optimizer_gives_the_filters_muon_and_the_rest_sgd() -> None:
     assert {id(p) for p in filters["params"]} == {id(p) for p in convs[1:]}
     assert convs[0] is net.conv1.weight
     assert {id(p) for p in decayed["params"]} == {id(net.conv1.weight), id(net.fc.weight)}
+
+
+def test_auto_gives_muon_where_batch_norm_follows_the_filters_and_sgd_elsewhere() -> None:
+    lr = torch.tensor(0.0)
+    assert FAST.optimizer == "auto"
+    normalized = make_optimizer(create_model("resnet20"), FAST, lr)
+    assert isinstance(normalized, Muon) and len(normalized.param_groups[0]["params"]) == 19
+    assert normalized.param_groups[0]["lr_scale"] == pytest.approx(FAST.muon_lr / FAST.lr)
+    bare = nn.Sequential(nn.Conv2d(3, 8, 3), nn.ReLU(), nn.Flatten(), nn.LazyLinear(10))
+    assert isinstance(make_optimizer(bare, FAST, lr), torch.optim.SGD)
+    dense = nn.Sequential(nn.Linear(4, 8), nn.BatchNorm1d(8), nn.Linear(8, 2))
+    assert isinstance(make_optimizer(dense, FAST, lr), torch.optim.SGD)
 
 
 def test_muon_without_batch_norm_is_refused() -> None:

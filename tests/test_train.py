@@ -250,6 +250,20 @@ def test_a_run_from_before_a_field_existed_has_its_default() -> None:
         "seed=None",
         "seed=1",
     )
+    # A recipe whose source text was reworded trains the same: its runs resume.
+    assert describe_differences({**saved, "source": "as worded before"}, FAST.to_dict()) is None
+    # fast until 2026-12-06 trained every weight with SGD: its runs resume only as they were.
+    before = {**FAST.to_dict(), "optimizer": "sgd", "muon_lr": 0.02}
+    assert describe_differences(before, FAST.to_dict()) == (
+        "optimizer='sgd', muon_lr=0.02",
+        "optimizer='auto', muon_lr=0.04",
+    )
+    assert describe_differences(before, FAST.replace(optimizer="sgd").to_dict()) is None
+    muon = {**before, "optimizer": "muon"}
+    assert describe_differences(muon, FAST.replace(optimizer="muon").to_dict()) == (
+        "muon_lr=0.02",
+        "muon_lr=0.04",
+    )
 
 
 def test_unknown_recipe_names_the_valid_ones() -> None:

@@ -56,22 +56,29 @@ def make_optimizer(net: nn.Module, recipe: Recipe, lr: Tensor) -> torch.optim.Op
     "sgd": SGD with momentum, fused (one kernel for all parameters). "muon": Muon for the
     convolution filters (muon.py; without `muon_first_conv`, all but the first convolution's),
     at `muon_lr` on the schedule's shape and momentum `muon_momentum` where set, and SGD with
-    momentum for the rest. Without `decay_norm_and_bias`, BatchNorm scales and shifts and all
-    biases (the 1-d parameters) get no weight decay.
+    momentum for the rest. "auto": "muon" for a convolutional network with batch norm, else
+    "sgd". Without `decay_norm_and_bias`, BatchNorm scales and shifts and all biases (the 1-d
+    parameters) get no weight decay.
     """
     params = [p for p in net.parameters() if p.requires_grad]
-    filters = [p for p in params if p.ndim == 4] if recipe.optimizer == "muon" else []
+    normalized = any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in net.modules())
+    filters = [p for p in params if p.ndim == 4]
+    muon = recipe.optimizer == "muon" or (
+        recipe.optimizer == "auto" and normalized and bool(filters)
+    )
+    if not muon:
+        filters = []
     if filters and not recipe.muon_first_conv:
         convs = (m for m in net.modules() if isinstance(m, nn.modules.conv._ConvNd))
         first = next(convs).weight
         filters = [p for p in filters if p is not first]
-    if filters and not any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in net.modules()):
+    if filters and not normalized:
         raise ValueError(
             "optimizer muon keeps each filter bank at a fixed norm, which only batch norm after "
             f"the convolutions makes harmless; {type(net).__name__} has none: use optimizer sgd"
         )
-    muon = {id(f) for f in filters}
-    params = [p for p in params if id(p) not in muon]
+    orthogonal = {id(f) for f in filters}
+    params = [p for p in params if id(p) not in orthogonal]
     if recipe.decay_norm_and_bias:
         groups = [{"params": params, "weight_decay": recipe.weight_decay}]
     else:
@@ -80,7 +87,7 @@ def make_optimizer(net: nn.Module, recipe: Recipe, lr: Tensor) -> torch.optim.Op
             {"params": [p for p in params if p.ndim <= 1], "weight_decay": 0.0},
         ]
     groups = [g for g in groups if g["params"]]
-    if recipe.optimizer == "muon":
+    if muon:
         scale = recipe.muon_lr / recipe.lr
         momentum = recipe.momentum if recipe.muon_momentum is None else recipe.muon_momentum
         groups.insert(
