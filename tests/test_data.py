@@ -474,6 +474,38 @@ def test_crop_flip_statistics():
     assert torch.equal(random_crop_flip(x, padding=0, flip=False), x)
 
 
+def test_reflect_padding_mirrors_the_border_into_the_padding():
+    # Reference by indices: padded position j (from -p) reads row -j above the image and
+    # 2 (H - 1) - j below it, the border row itself not repeated.
+    x = torch.randint(0, 256, (32, 3, 12, 10), dtype=torch.uint8)
+    top, left, flipped = crop_flip_params(32, padding=3, generator=torch.Generator().manual_seed(6))
+    out = crop_flip(x, top, left, flipped, padding=3, mode="reflect")
+
+    def reflect(j, n):
+        return j.abs().clamp_max(2 * (n - 1) - j)
+
+    for i in range(32):
+        rows = reflect(torch.arange(12) + top[i] - 3, 12)
+        cols = reflect(torch.arange(10) + left[i] - 3, 10)
+        window = x[i][:, rows][:, :, cols]
+        assert torch.equal(out[i], window.flip(2) if flipped[i] else window), i
+    # the centre window needs no padding: zeros or reflect, the image itself
+    centre = torch.full((32,), 3)
+    for mode in ("zeros", "reflect"):
+        assert torch.equal(crop_flip(x, centre, centre, flipped & False, 3, mode), x)
+    # no pixel of a reflect-padded crop of a bright image is black
+    assert (crop_flip(x.clamp_min(1), top, left, flipped, padding=3, mode="reflect") > 0).all()
+
+
+def test_crop_flip_rejects_a_bad_pad_mode_or_a_reflection_larger_than_the_image():
+    x = torch.zeros(2, 3, 4, 4)
+    params = crop_flip_params(2, padding=4)
+    with pytest.raises(ValueError, match="'zeros', 'reflect'"):
+        crop_flip(x, *params, padding=4, mode="wrap")
+    with pytest.raises(ValueError, match="reflect padding of 4 pixels.*4x4"):
+        crop_flip(x, *params, padding=4, mode="reflect")
+
+
 def test_crop_flip_is_deterministic_per_seed():
     x = torch.randint(0, 256, (128, 3, 32, 32), dtype=torch.uint8)
     a = random_crop_flip(x, generator=torch.Generator().manual_seed(5))

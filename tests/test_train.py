@@ -187,6 +187,7 @@ def test_recipe_scaling_and_overrides() -> None:
         {"flip": "sometimes"},
         {"cutout": -1},
         {"pad": -1},
+        {"pad_mode": "wrap"},
         {"zero_init_residual": 1},
         {"bn_momentum": 0.0},
         {"bn_momentum": 1.5},
@@ -222,6 +223,21 @@ def test_memory_batches_shift_images_by_at_most_the_recipes_pad(pad: int) -> Non
     assert (x[:, 0].flatten(1).amax(1) == 255).all()  # no shift reaches 8: every crop has it
     assert rows.min() == 8 - pad and rows.max() == 8 + pad  # 64 draws reach both ends
     assert cols.min() >= 7 - pad and cols.max() <= 8 + pad
+
+
+def test_memory_batches_pad_as_the_recipe_says() -> None:
+    from cnnlab.data import crop_flip, crop_flip_params
+    from cnnlab.train.batches import MemoryBatches, epoch_order, make_generator
+    from cnnlab.train.distributed import DistEnv
+
+    data = make_data(64, 16)
+    for mode in ("zeros", "reflect"):
+        recipe = FAST.replace(batch_size=64, pad_mode=mode)
+        x, _ = MemoryBatches(data, recipe, 0, torch.device("cpu"), DistEnv()).get(0)
+        g = make_generator(0, "augment", 0, torch.device("cpu"))
+        params = crop_flip_params(64, 4, generator=g)
+        images = data.images[epoch_order(64, 0, 0)]
+        assert torch.equal(x, crop_flip(images, *params, padding=4, mode=mode)), mode
 
 
 def test_memory_batches_leave_the_last_clean_final_steps_unaugmented() -> None:

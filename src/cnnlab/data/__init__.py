@@ -6,6 +6,7 @@
     channel_stats(images)         per-channel mean, std in 0..1 units
     Normalize.fit(images, mode)   per-channel ("channel") or per-pixel mean ("pixel")
     random_crop_flip(x)           4-pixel pad, random 32x32 crop, horizontal flip, whole batch
+                                  (crop_flip: the same with given offsets; zero or reflect pad)
     alternating_flips, cutout     flips alternating over epochs; a zeroed square per image
     DataError                     every dataset problem a user can fix, as one line
     MissingSplitError             a DataError: the tree has no folder for that split
@@ -17,6 +18,7 @@ selection). See load.py for the formats and the cache, dataset.py for the split.
 from cnnlab.data.dataset import SPLITS, ArrayDataset, DataError, MissingSplitError, train_val_split
 from cnnlab.data.load import cache_dir, load_dataset
 from cnnlab.data.transforms import (
+    PAD_MODES,
     Normalize,
     alternating_flips,
     channel_stats,
@@ -28,6 +30,7 @@ from cnnlab.data.transforms import (
 )
 
 __all__ = [
+    "PAD_MODES",
     "SPLITS",
     "ArrayDataset",
     "DataError",

@@ -145,13 +145,30 @@ def crop_flip_params(
     return offset // k, offset % k, flipped
 
 
-def crop_flip(x: Tensor, top: Tensor, left: Tensor, flipped: Tensor, padding: int = 4) -> Tensor:
-    """Zero-pad N x C x H x W by `padding`, cut an H x W window per image, mirror some.
+PAD_MODES = ("zeros", "reflect")
+
+
+def crop_flip(
+    x: Tensor, top: Tensor, left: Tensor, flipped: Tensor, padding: int = 4, mode: str = "zeros"
+) -> Tensor:
+    """Pad N x C x H x W by `padding`, cut an H x W window per image, mirror some.
+
+    mode "zeros" pads with zero pixels (He et al. 2015, section 4.2); "reflect" mirrors the
+    image's own border rows and columns into the padding (the edge pixel not repeated), so that
+    a shifted crop shows no black band (as airbench, Jordan 2024).
 
     out[i, :, y, x] = padded[i, :, top[i] + y, left[i] + (W - 1 - x if flipped[i] else x)]
     """
     n, c, h, w = x.shape
-    padded = F.pad(x.contiguous(), (padding, padding, padding, padding))  # N x C x H+2p x W+2p
+    if mode not in PAD_MODES:
+        raise ValueError(f"pad mode must be one of {PAD_MODES}, got {mode!r}")
+    if mode == "reflect" and padding >= min(h, w):
+        raise ValueError(
+            f"reflect padding of {padding} pixels needs images larger than that, got {h}x{w}: "
+            "pad less, or pad with zeros"
+        )
+    sides = (padding, padding, padding, padding)
+    padded = F.pad(x.contiguous(), sides, mode="constant" if mode == "zeros" else mode)
     width = w + 2 * padding
     ys = torch.arange(h, device=x.device)
     xs = torch.arange(w, device=x.device)

@@ -91,7 +91,7 @@ class MemoryBatches:
             )
             if self.flip_bits is not None:  # the coin flips are drawn all the same: same crops
                 flipped = alternating_flips(idx, epoch, self.flip_bits)
-            x = crop_flip(x, top, left, flipped, self.recipe.pad)
+            x = crop_flip(x, top, left, flipped, self.recipe.pad, self.recipe.pad_mode)
             x = cutout(x, self.recipe.cutout, generator=g)
         share = slice(self.env.rank * self.local, (self.env.rank + 1) * self.local)
         return x[share], y[share]

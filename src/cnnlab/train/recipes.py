@@ -32,6 +32,7 @@ import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 
+from cnnlab.data.transforms import PAD_MODES
 from cnnlab.models.registry import check_choice
 
 __all__ = [
@@ -116,8 +117,10 @@ class Recipe:
     aux_weight: float = 0.3  # GoogLeNet's auxiliary classifiers (Szegedy et al. 2014, section 5)
     augment: bool = True  # 4-pixel zero pad, random 32x32 crop, horizontal flip (section 4.2)
     # crop "pad": zero pixels added on each side before the random crop, so shifts of up to
-    # `pad` each way (He et al. 2015, section 4.2: "4 pixels are padded on each side")
+    # `pad` each way (He et al. 2015, section 4.2: "4 pixels are padded on each side");
+    # pad_mode "reflect": the image's border mirrored into the padding instead of zeros
     pad: int = 4
+    pad_mode: str = "zeros"
     flip: str = "random"  # "random": a coin per image and step; "alternate": over epochs
     cutout: int = 0  # side of a square zeroed per training image (DeVries & Taylor 2017); 0: off
     # Fraction of the steps, at the end of the run, that train on the images as they are (no
@@ -146,6 +149,7 @@ class Recipe:
         check_choice("normalize", self.normalize, NORMALIZE)
         check_choice("flip", self.flip, FLIPS)
         check_choice("crop", self.crop, CROPS)
+        check_choice("pad_mode", self.pad_mode, PAD_MODES)
         check_choice("optimizer", self.optimizer, OPTIMIZERS)
         if not (self.muon_lr > 0 and math.isfinite(self.muon_lr)):
             raise ValueError(f"muon_lr must be a positive number, got {self.muon_lr}")
