@@ -490,9 +490,9 @@ def test_reflect_padding_mirrors_the_border_into_the_padding():
         window = x[i][:, rows][:, :, cols]
         assert torch.equal(out[i], window.flip(2) if flipped[i] else window), i
     # the centre window needs no padding: zeros or reflect, the image itself
-    centre = torch.full((32,), 3)
+    centre, unflipped = torch.full((32,), 3), torch.zeros(32, dtype=torch.bool)
     for mode in ("zeros", "reflect"):
-        assert torch.equal(crop_flip(x, centre, centre, flipped & False, 3, mode), x)
+        assert torch.equal(crop_flip(x, centre, centre, unflipped, 3, mode), x)
     # no pixel of a reflect-padded crop of a bright image is black
     assert (crop_flip(x.clamp_min(1), top, left, flipped, padding=3, mode="reflect") > 0).all()
 
