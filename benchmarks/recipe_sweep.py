@@ -173,7 +173,9 @@ def plan(
 
 
 def train_command(args: argparse.Namespace, variant: Variant, seed: int, run: Path) -> list[str]:
-    """The `cnnlab train` command line of one run (with --resume where it has a checkpoint)."""
+    """The `cnnlab train` command line of one run, with --resume where the run was started:
+    from its checkpoint, or afresh when it was killed before writing one (`cnnlab train` refuses
+    a started folder without --resume)."""
     cmd = [sys.executable, "-m", "cnnlab", "train", args.model, "--data", args.data,
            "--split", args.split, "--seed", str(seed), "--out", str(run), "-q",
            *variant.args]  # fmt: skip
@@ -181,7 +183,7 @@ def train_command(args: argparse.Namespace, variant: Variant, seed: int, run: Pa
         cmd += ["--epochs", str(args.epochs)]
     if args.device:
         cmd += ["--device", args.device]
-    if (run / "checkpoint.pt").is_file():
+    if any((run / f).exists() for f in ("checkpoint.pt", "config.json", "metrics.jsonl")):
         cmd.append("--resume")
     return cmd
 

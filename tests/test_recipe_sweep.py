@@ -112,9 +112,11 @@ def test_a_small_sweep_trains_and_resumes(
     argv = ["--data", str(data), "--out", str(out), "--epochs", "1", "--seeds", "2", "--jobs", "2",
             "--first-seed", "3", "--device", "cpu", "--variant", f"base={small}",
             "--variant", f"ls0.0={small} -R label_smoothing=0"]  # fmt: skip
+    killed = _run(out / "base-s3", 4, 2, None)  # killed before its first checkpoint
     assert sweep.main(argv) == 0
     printed = capsys.readouterr().out
-    assert "4 runs to train" in printed
+    assert "4 runs to train" in printed and "failed" not in printed
+    assert sweep.final_errors(killed) is not None  # trained again from the start
     rows = json.loads((out / "sweep.json").read_text())
     assert [(r["name"], r["seeds"]) for r in rows] == [("base", 2), ("ls0.0", 2)]
     assert all(0 <= r["val_mean"] <= 100 and r["val_std"] is not None for r in rows)
