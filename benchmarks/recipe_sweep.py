@@ -49,6 +49,7 @@ from pathlib import Path
 
 from cnnlab.analysis.time_to_accuracy import metrics_rows
 from cnnlab.train.hardware import threads_per_run
+from cnnlab.train.loop import run_started
 
 
 @dataclass(frozen=True)
@@ -183,7 +184,7 @@ def train_command(args: argparse.Namespace, variant: Variant, seed: int, run: Pa
         cmd += ["--epochs", str(args.epochs)]
     if args.device:
         cmd += ["--device", args.device]
-    if any((run / f).exists() for f in ("checkpoint.pt", "config.json", "metrics.jsonl")):
+    if run_started(run):
         cmd.append("--resume")
     return cmd
 

@@ -37,6 +37,7 @@ from cnnlab.train import (
     save_checkpoint,
     train,
 )
+from cnnlab.train.loop import check_run_folder, run_started
 
 CLASSES = tuple("abcdefghij")
 
@@ -464,6 +465,17 @@ def test_run_folder_is_not_overwritten_and_resume_checks_the_run(
         train("tinynet", data, small(FAST, steps=8), out=run, resume=True, progress=False)
     with pytest.raises(CheckpointError, match="nothing to resume"):
         train("tinynet", data, small(FAST), out=tmp_path / "empty", resume=True, progress=False)
+
+
+@pytest.mark.parametrize("name", ["checkpoint.pt", "config.json", "metrics.jsonl"])
+def test_any_of_a_runs_files_marks_its_folder_started(tmp_path: Path, name: str) -> None:
+    assert not run_started(tmp_path / "absent") and not run_started(tmp_path)
+    (tmp_path / "notes.txt").write_text("not a run's file")
+    assert not run_started(tmp_path)
+    (tmp_path / name).write_text("")
+    assert run_started(tmp_path)
+    with pytest.raises(ValueError, match="already holds a run"):
+        check_run_folder(tmp_path, resume=False)
 
 
 # -- checkpoints -----------------------------------------------------------------------------

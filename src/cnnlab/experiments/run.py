@@ -59,7 +59,7 @@ from cnnlab.models.registry import list_models
 from cnnlab.train.checkpoint import atomic_write
 from cnnlab.train.distributed import resolve_device
 from cnnlab.train.hardware import cpu_name, threads_per_run
-from cnnlab.train.loop import TrainingDiverged, train
+from cnnlab.train.loop import TrainingDiverged, run_started, train
 from cnnlab.train.recipes import Recipe, describe_differences, get_recipe
 
 __all__ = ["make_recipe", "run_experiment", "run_status"]
@@ -108,8 +108,7 @@ def run_status(folder: Path, recipe: Recipe, limits: Mapping[str, int | None] | 
                 "Give another --out, or the same --budget/--steps, recipe and limits"
             )
         return "ended"
-    started = ("checkpoint.pt", "config.json", "metrics.jsonl")
-    return "started" if any((folder / f).exists() for f in started) else "new"
+    return "started" if run_started(folder) else "new"
 
 
 def run_experiment(

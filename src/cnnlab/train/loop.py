@@ -647,6 +647,18 @@ def _barrier(env: DistEnv) -> None:
         torch.distributed.barrier()
 
 
+RUN_FILES = ("checkpoint.pt", "config.json", "metrics.jsonl")
+
+
+def run_started(folder: Path) -> bool:
+    """Whether a run was started in `folder`: any of its checkpoint, config or metrics exists.
+
+    A run killed before its first checkpoint is started too (config.json is written first);
+    `cnnlab train --resume` starts it afresh.
+    """
+    return any((folder / name).exists() for name in RUN_FILES)
+
+
 def check_run_folder(out: Path, resume: bool, create: bool = True) -> bool:
     """Refuse to overwrite a run, or to resume nothing. True when resuming from a checkpoint.
 
@@ -657,14 +669,14 @@ def check_run_folder(out: Path, resume: bool, create: bool = True) -> bool:
     ckpt_path = out / "checkpoint.pt"
     if out.exists() and not out.is_dir():
         raise ValueError(f"--out {out} is a file; give a folder for the run")
-    started = (out / "config.json").exists() or (out / "metrics.jsonl").exists()
+    started = run_started(out)
     if resume:
-        if not ckpt_path.exists() and not started:
+        if not started:
             raise CheckpointError(
                 f"nothing to resume: {out} holds no run; drop --resume to start a new run there"
             )
         return ckpt_path.exists()
-    if ckpt_path.exists() or started:
+    if started:
         raise ValueError(
             f"{out} already holds a run; pass --resume to continue it, or choose another --out"
         )
