@@ -312,6 +312,10 @@ HE2015 = Recipe(
 #   11.8% against 11.7% at 30; 0.2 at 30 epochs 12.3%;
 # - the paper's crop (pad 4): shifts of at most 2 pixels, three seeds, 11.65% +- 0.27 against
 #   11.66% +- 0.17 (test 12.9% +- 0.3 against 13.0% +- 0.1), no better, so the paper's stays;
+# - its padding reflected from the image's border instead of zeros (pad_mode "reflect", as
+#   airbench's crop does), measured with Muon, float32, three seeds each: 11.39% +- 0.26
+#   against 11.45% +- 0.19 (test 11.9% +- 0.3 against 12.3% +- 0.3), level on validation
+#   (-0.06, se 0.19); taken by the rule stated before seeds 1 and 2 ended: the lower mean;
 # - precision and layout by the hardware (bfloat16 where native; weights stay float32):
 #   float32 throughout, seeds 0 and 1, 11.9% +- 0.2 against 11.6% +- 0.1 (test 13.2% against
 #   13.0%), no better and 1.5x slower here.
@@ -352,14 +356,13 @@ HE2015 = Recipe(
 # cutout 8 11.5% (test 12.2%), the filters' momentum 0.6 11.7% (test 12.4%; fits fastest, 6.1%
 # training error against 8.4%), no weight decay (only the last layer's had any) 11.2% (test 12.4%):
 # none helps. No warm-up 12.1% (test 13.1%): the warm-up stays; twice as long (10%) 11.2% (test
-# 12.2%): level, 5% stays; the crop's padding reflected instead of zeros (pad_mode "reflect") 11.1%
-# (test 11.6%): level on validation, not taken until seeds 1 and 2 confirm it. With Muon resnet20
-# ends at 12.2% +- 0.1 test error at 30 epochs: he2015's 164-epoch mean, 0.3 above the bar.
+# 12.2%): level, 5% stays. With Muon and zero padding resnet20 ended at 12.2% +- 0.1 test error
+# at 30 epochs on all 50k: he2015's 164-epoch mean, 0.3 above the bar.
 FAST = Recipe(
     name="fast",
     source=(
         "cnnlab: Muon for the filters, batch 128 at lr 0.4, linear warm-up and decay, Nesterov, "
-        "label smoothing"
+        "label smoothing, reflected padding"
     ),
     batch_size=128,
     steps=7_800,
@@ -374,6 +377,7 @@ FAST = Recipe(
     decay_norm_and_bias=False,
     label_smoothing=0.1,
     augment=True,
+    pad_mode="reflect",
     normalize="channel",
 )
 
