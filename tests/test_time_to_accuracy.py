@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 
 import pytest
+from matplotlib.colors import to_hex
 from PIL import Image
 
 from cnnlab.analysis.plots import time_to_accuracy_figure
@@ -15,6 +16,7 @@ from cnnlab.analysis.time_to_accuracy import (
     machine_label,
     reached,
     read_timeline,
+    seed_groups,
     time_to_accuracy_table,
 )
 from cnnlab.cli import main
@@ -108,7 +110,7 @@ def test_cli_writes_the_figure_and_prints_the_table(tmp_path: Path, capsys) -> N
 def test_the_legend_stands_beside_the_curves_and_inside_the_figure(n: int) -> None:
     # With 16 runs, each labelled with its machine, a legend inside the axes covered most of
     # the curves on docs/results/time-to-accuracy.
-    runs = [Timeline(f"fast60-resnet20-s{i}", "Intel Xeon CPU AVX512, native bf16, 2 cores",
+    runs = [Timeline(f"fast{i}-resnet20", "Intel Xeon CPU AVX512, native bf16, 2 cores",
                      (10.0, 20.0), (600.0, 1200.0), (20.0, 11.0 + i / 100), "test")
             for i in range(n)]  # fmt: skip
     fig = time_to_accuracy_figure(runs, 11.9)
@@ -119,3 +121,28 @@ def test_the_legend_stands_beside_the_curves_and_inside_the_figure(n: int) -> No
     assert len(legend.get_texts()) == n + 1  # every run and the target
     assert box.x0 >= axes_box.x1  # beside the axes, not over them
     assert box.x1 <= fig.bbox.x1 and box.y0 >= fig.bbox.y0 and box.y1 <= fig.bbox.y1
+
+
+def test_the_seeds_of_a_run_on_one_machine_share_a_colour_and_a_legend_entry() -> None:
+    xeon, zen = "Intel Xeon CPU AVX512, no native bf16, 2 cores", "AMD EPYC CPU AVX512, 2 cores"
+
+    def run(name: str, machine: str = xeon) -> Timeline:
+        return Timeline(name, machine, (10.0, 30.0), (600.0, 1800.0), (20.0, 12.0), "test")
+
+    runs = [run("fast30-resnet20-s0"), run("he2015-resnet20"), run("fast30-resnet20-s1"),
+            run("fast30-resnet20-s2"), run("fast30-resnet20-s3", zen),
+            run("fast30-s1-resnet56")]  # fmt: skip
+    groups = seed_groups(runs)
+    assert [g.label for g in groups] == ["fast30-resnet20, seeds 0, 1, 2", "he2015-resnet20",
+                                         "fast30-resnet20-s3", "fast30-s1-resnet56"]  # fmt: skip
+    assert groups[0].members == (runs[0], runs[2], runs[3])
+    legend = time_to_accuracy_figure(runs, 11.9).axes[0].get_legend()
+    labels = [t.get_text() for t in legend.get_texts()]
+    assert labels == [f"fast30-resnet20, seeds 0, 1, 2: {xeon}", f"he2015-resnet20: {xeon}",
+                      f"fast30-resnet20-s3: {zen}", f"fast30-s1-resnet56: {xeon}",
+                      "target 11.9%"]  # fmt: skip
+    lines = time_to_accuracy_figure(runs, 11.9).axes[0].get_lines()
+    colour = {line.get_label(): to_hex(line.get_color()) for line in lines}
+    seeds = [to_hex(line.get_color()) for line in lines if line.get_label().startswith("_")]
+    assert seeds == [colour[labels[0]]] * 2  # seeds 1 and 2 drawn in seed 0's colour
+    assert len({colour[label] for label in labels[:4]}) == 4

@@ -52,7 +52,13 @@ from cnnlab.analysis.features import (
     stage_outputs,
 )
 from cnnlab.analysis.responses import RESPONSE_IMAGES, LayerResponses, run_responses
-from cnnlab.analysis.time_to_accuracy import Timeline, metrics_rows, reached, read_timeline
+from cnnlab.analysis.time_to_accuracy import (
+    Timeline,
+    metrics_rows,
+    reached,
+    read_timeline,
+    seed_groups,
+)
 from cnnlab.models.registry import UnknownModelError, model_card
 
 __all__ = [
@@ -442,7 +448,8 @@ def plot_time_to_accuracy(
     machine, so runs on different machines compare by what they took.
 
     Args:
-        timelines: from `time_to_accuracy.read_timeline`, one colour each.
+        timelines: from `time_to_accuracy.read_timeline`, one colour each; the seeds of one run
+            on one machine (`time_to_accuracy.seed_groups`) share a colour and a label.
         target: the error (%) to reach.
         path: the PNG file to write.
         title: default "test error against training time".
@@ -453,22 +460,25 @@ def plot_time_to_accuracy(
 def time_to_accuracy_figure(
     timelines: Sequence[Timeline], target: float, title: str = ""
 ) -> Figure:
-    """The figure of `plot_time_to_accuracy`, not yet written. The legend (one line per run,
-    long with the machine's name) stands beside the axes, never over the curves, and the
-    figure grows taller with the number of runs so that it fits."""
+    """The figure of `plot_time_to_accuracy`, not yet written. The legend (one line per run or
+    per run's seeds, long with the machine's name) stands beside the axes, never over the
+    curves, and the figure grows taller with the number of entries so that it fits."""
     if not timelines:
         raise ValueError("no runs to plot")
-    fig = _new_figure(11.0, max(4.6, 1.0 + 0.17 * (len(timelines) + 1)))
+    groups = seed_groups(timelines)
+    fig = _new_figure(11.0, max(4.6, 1.0 + 0.17 * (len(groups) + 1)))
     ax = fig.subplots()
-    for t, color in zip(timelines, _run_colors(len(timelines)), strict=True):
-        minutes = [max(s, 1.0) / 60 for s in t.seconds]
-        suffix = " (val)" if t.split == "val" else ""
-        ax.plot(minutes, t.test_error, "-o", color=color, linewidth=2.0, markersize=3,
-                label=f"{t.name}{suffix}: {t.machine}")  # fmt: skip
-        got = reached(t, target)
-        if got:
-            ax.plot([max(got.seconds, 1.0) / 60], [got.error], "*", color=color, markersize=14,
-                    markeredgecolor="black", markeredgewidth=0.6)  # fmt: skip
+    for group, color in zip(groups, _run_colors(len(groups)), strict=True):
+        for k, t in enumerate(group.members):
+            minutes = [max(s, 1.0) / 60 for s in t.seconds]
+            suffix = " (val)" if t.split == "val" else ""
+            label = f"{group.label}{suffix}: {t.machine}" if k == 0 else None
+            ax.plot(minutes, t.test_error, "-o", color=color, linewidth=2.0 if k == 0 else 1.4,
+                    markersize=3, label=label)  # fmt: skip
+            got = reached(t, target)
+            if got:
+                ax.plot([max(got.seconds, 1.0) / 60], [got.error], "*", color=color,
+                        markersize=14, markeredgecolor="black", markeredgewidth=0.6)  # fmt: skip
     ax.axhline(target, color="0.3", linestyle=":", linewidth=1.2, label=f"target {target:g}%")
     ax.set_xscale("log")
     ax.set_xlabel("training time (minutes, log scale; evaluations left out)")

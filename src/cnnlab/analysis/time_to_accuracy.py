@@ -12,6 +12,8 @@ this is an upper bound by at most one evaluation interval.
     reached                the first evaluation at or below a target error
     time_to_accuracy_table a markdown table: machine, epochs and minutes to the target, final
                            error (plots.plot_time_to_accuracy draws the same runs)
+    seed_groups            the seeds of one run ("fast30-resnet20-s0", "-s1", ...) on one
+                           machine, gathered so that a figure gives them one colour and label
 """
 
 from __future__ import annotations
@@ -24,8 +26,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-__all__ = ["Reached", "Timeline", "machine_label", "metrics_rows", "read_timeline", "reached",
-           "time_to_accuracy_table"]  # fmt: skip
+__all__ = ["Reached", "SeedGroup", "Timeline", "machine_label", "metrics_rows", "read_timeline",
+           "reached", "seed_groups", "time_to_accuracy_table"]  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -47,6 +49,37 @@ class Reached:
     epoch: float
     seconds: float
     error: float
+
+
+@dataclass(frozen=True)
+class SeedGroup:
+    """Runs that differ only by seed: one name ("fast30-resnet20, seeds 0, 1, 2"), one machine."""
+
+    label: str
+    members: tuple[Timeline, ...]
+
+
+_SEED = re.compile(r"^(?P<base>.+)-s(?P<seed>\d+)$")
+
+
+def seed_groups(timelines: Sequence[Timeline]) -> list[SeedGroup]:
+    """Gather the seeds of a run: timelines named `<base>-s<seed>` with the same base, machine
+    and split form one group, in the order their first member comes; any other timeline is a
+    group of its own under its own name, and so is a lone seed."""
+    groups: dict[tuple, list[tuple[Timeline, str]]] = {}
+    for k, t in enumerate(timelines):
+        match = _SEED.match(t.name)
+        key = (match["base"], t.machine, t.split) if match else (k,)
+        groups.setdefault(key, []).append((t, match["seed"] if match else ""))
+    return [
+        SeedGroup(
+            f"{key[0]}, seeds {', '.join(seed for _, seed in members)}"
+            if len(members) > 1
+            else members[0][0].name,
+            tuple(t for t, _ in members),
+        )
+        for key, members in groups.items()
+    ]
 
 
 def machine_label(machine: dict) -> str:
