@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
 import tarfile
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -13,7 +15,7 @@ from PIL import Image
 
 from cnnlab.data import DataError
 from cnnlab.data.augment import CenterCrop, TrainCrop, pca_colour
-from cnnlab.data.stream import ImageStream, choose_mode
+from cnnlab.data.stream import ImageStream, StreamDataset, choose_mode, loader
 from cnnlab.data.views import resize_shorter
 from cnnlab.train import get_recipe, train
 from cnnlab.train.batches import _StepSampler
@@ -205,6 +207,34 @@ def test_stream_resume_is_bitwise_and_workers_do_not_change_batches(
               resume=True)  # fmt: skip
     for (k, x), y in zip(a.model.state_dict().items(), b.model.state_dict().values(), strict=True):
         assert torch.equal(x, y), k
+
+
+class _Parent:
+    """A transform that gives, in place of the image, the pid of the process that made this one."""
+
+    def __call__(self, img: torch.Tensor, g: torch.Generator) -> torch.Tensor:
+        return torch.tensor([os.getppid()])
+
+
+def test_loader_workers_are_not_forked_from_the_training_process(folder: Path) -> None:
+    # A fork of this process while another thread holds a lock inherits the lock held: a worker
+    # of a gloo process hung so (stream.loader). The workers come from the forkserver, which
+    # has one thread, even while a thread here holds a lock.
+    data = StreamDataset(ImageStream.open(folder, "train"), _Parent())
+    held = threading.Lock()
+    holder = threading.Thread(target=lambda: (held.acquire(), stop.wait(), held.release()))
+    stop = threading.Event()
+    holder.start()
+    try:
+        for workers in (1, 2):
+            batches = loader(data, workers, batch_sampler=[[(0, 0), (1, 0)], [(2, 0), (3, 0)]])
+            parents = torch.cat([x.flatten() for x, _ in batches]).unique().tolist()
+            assert len(parents) == 1 and parents[0] not in (os.getpid(), os.getppid())
+    finally:
+        stop.set()
+        holder.join()
+    x, _ = next(iter(loader(data, 0, batch_sampler=[[(0, 0)]])))  # no workers: read here
+    assert x.item() == os.getppid()
 
 
 def test_googlenet_trains_at_224_with_its_auxiliary_classifiers(

@@ -20,12 +20,14 @@ one for small images; `choose_mode` picks between them by image size and dataset
 from __future__ import annotations
 
 import io
+import multiprocessing
 import os
 import tarfile
 import warnings
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
+from typing import Any
 
 import torch
 from PIL import Image
@@ -35,7 +37,9 @@ from cnnlab.data import imagefolder
 from cnnlab.data.dataset import DataError
 from cnnlab.data.files import ARCHIVE_ERRORS, is_archive, member_path
 
-__all__ = ["DATA_MODES", "ImageStream", "StreamDataset", "choose_mode", "whole_images"]
+__all__ = [
+    "DATA_MODES", "ImageStream", "StreamDataset", "choose_mode", "loader", "whole_images",
+]  # fmt: skip
 
 DATA_MODES = ("auto", "memory", "stream")
 
@@ -216,6 +220,28 @@ class StreamDataset(torch.utils.data.Dataset):
         return self.transform(self.stream.read(i), g), self.stream.labels[i]
 
 
+def loader(dataset: StreamDataset, workers: int, **options: Any) -> torch.utils.data.DataLoader:
+    """A DataLoader whose `workers` processes are forked from a server with one thread.
+
+    DataLoader's default on Linux forks the training process itself, with its other threads
+    (gloo's under torchrun, OpenMP's, a progress bar's). Where one of them holds a lock at that
+    instant, the child inherits it held: under Python 3.11 a worker of a gloo process hung so,
+    in PyOS_AfterFork_Child, on the interpreter's list of thread states, before running a
+    line of Python (tests/test_ddp.py's streamed run: once in CI, twice in 160 runs here).
+    multiprocessing's forkserver is a fresh process with one thread, started once per process;
+    it has imported the decoding and cropping code (this module), so a worker starts in
+    milliseconds and inherits no held lock. Where there is no forkserver (Windows), the
+    platform's default.
+    """
+    context = None
+    if workers > 0 and "forkserver" in multiprocessing.get_all_start_methods():
+        context = multiprocessing.get_context("forkserver")
+        context.set_forkserver_preload([__name__])  # read only when the server starts
+    return torch.utils.data.DataLoader(
+        dataset, num_workers=workers, multiprocessing_context=context, **options
+    )
+
+
 def _as_decoded(img: Tensor, g: torch.Generator) -> Tensor:
     return img
 
@@ -223,10 +249,9 @@ def _as_decoded(img: Tensor, g: torch.Generator) -> Tensor:
 def whole_images(stream: ImageStream, workers: int = 0) -> Iterator[tuple[Tensor, int]]:
     """(image, label) of every image in order, each decoded at its own size by `workers`."""
     items = [(i, 0) for i in range(len(stream))]
-    loader = torch.utils.data.DataLoader(
-        StreamDataset(stream, _as_decoded), sampler=items, batch_size=None, num_workers=workers
-    )
-    for img, label in loader:
+    for img, label in loader(
+        StreamDataset(stream, _as_decoded), workers, sampler=items, batch_size=None
+    ):
         yield img, int(label)
 
 

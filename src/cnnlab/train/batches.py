@@ -25,7 +25,7 @@ import torch
 from torch import Tensor
 
 from cnnlab.data import ArrayDataset, alternating_flips, crop_flip, crop_flip_params, cutout
-from cnnlab.data.stream import ImageStream, StreamDataset
+from cnnlab.data.stream import ImageStream, StreamDataset, loader
 from cnnlab.train.distributed import DistEnv
 from cnnlab.train.recipes import Recipe
 
@@ -168,12 +168,11 @@ class StreamBatches:
     def _start(self, step: int) -> None:
         sampler = _StepSampler(len(self.dataset), self.batch, self.env.rank, self.local,
                                self.seed, step, self.total)  # fmt: skip
-        loader = torch.utils.data.DataLoader(
-            self.dataset, batch_sampler=sampler, num_workers=self.workers,
-            pin_memory=self.device.type == "cuda",
-            prefetch_factor=4 if self.workers else None,
+        batches = loader(
+            self.dataset, self.workers, batch_sampler=sampler,
+            pin_memory=self.device.type == "cuda", prefetch_factor=4 if self.workers else None,
         )  # fmt: skip
-        self._it, self._next = iter(loader), step
+        self._it, self._next = iter(batches), step
 
     def get(self, step: int) -> tuple[Tensor, Tensor]:
         if self._next != step or self._it is None:

@@ -17,7 +17,7 @@ from torch import Tensor, nn
 
 from cnnlab.data import ArrayDataset, Normalize
 from cnnlab.data.augment import CenterCrop
-from cnnlab.data.stream import StreamDataset
+from cnnlab.data.stream import StreamDataset, loader
 from cnnlab.models.pretrained import Pretrained
 from cnnlab.models.pretrained import load as load_pretrained
 from cnnlab.models.registry import create_model
@@ -78,7 +78,7 @@ def held_out_batches(
     positions = [
         [(i, 0) for i in range(s, min(hi, s + batch_size))] for s in range(lo, hi, batch_size)
     ]
-    yield from torch.utils.data.DataLoader(data, batch_sampler=positions, num_workers=workers)
+    yield from loader(data, workers, batch_sampler=positions)
 
 
 def _classes(data: ArrayDataset | StreamDataset) -> tuple[str, ...]:
