@@ -363,6 +363,10 @@ HE2015 = Recipe(
 # stay. With Muon and zero padding resnet20 ended at 12.2% +- 0.1 test error
 # at 30 epochs on all 50k: he2015's 164-epoch mean, 0.3 above the bar; with reflected padding
 # (seeds 0, 1 and 2, float32 on the Xeon) at 12.1% +- 0.2, 0.18 above the 11.9% bar.
+# The first convolution started as a whitening (whiten_init) under Muon, seeds 0 and 1 on
+# the 45k split (bf16, a Zen 4): 10.9% and 11.0% against 11.3% and 11.1% (test 11.9% and
+# 11.8% against 12.1% and 12.4%): a candidate, within noise; its third seed and all-50k
+# runs come next.
 FAST = Recipe(
     name="fast",
     source=(
