@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import os
 import tarfile
-import threading
 from pathlib import Path
 
 import numpy as np
@@ -217,22 +216,13 @@ class _Parent:
 
 
 def test_loader_workers_are_not_forked_from_the_training_process(folder: Path) -> None:
-    # A fork of this process while another thread holds a lock inherits the lock held: a worker
-    # of a gloo process hung so (stream.loader). The workers come from the forkserver, which
-    # has one thread, even while a thread here holds a lock.
+    # A fork of this process inherits any lock another thread holds at that instant: a worker
+    # of a gloo process hung so (stream.loader). The workers come from the forkserver.
     data = StreamDataset(ImageStream.open(folder, "train"), _Parent())
-    held = threading.Lock()
-    holder = threading.Thread(target=lambda: (held.acquire(), stop.wait(), held.release()))
-    stop = threading.Event()
-    holder.start()
-    try:
-        for workers in (1, 2):
-            batches = loader(data, workers, batch_sampler=[[(0, 0), (1, 0)], [(2, 0), (3, 0)]])
-            parents = torch.cat([x.flatten() for x, _ in batches]).unique().tolist()
-            assert len(parents) == 1 and parents[0] not in (os.getpid(), os.getppid())
-    finally:
-        stop.set()
-        holder.join()
+    for workers in (1, 2):
+        batches = loader(data, workers, batch_sampler=[[(0, 0), (1, 0)], [(2, 0), (3, 0)]])
+        parents = torch.cat([x.flatten() for x, _ in batches]).unique().tolist()
+        assert len(parents) == 1 and parents[0] not in (os.getpid(), os.getppid())
     x, _ = next(iter(loader(data, 0, batch_sampler=[[(0, 0)]])))  # no workers: read here
     assert x.item() == os.getppid()
 
