@@ -119,6 +119,49 @@ def test_make_optimizer_gives_the_filters_muon_and_the_rest_sgd() -> None:
     assert {id(p) for p in decayed["params"]} == {id(net.conv1.weight), id(net.fc.weight)}
 
 
+def test_bn_bias_lr_scale_gives_batch_norm_shifts_a_group_of_their_own() -> None:
+    net = create_model("resnet20")
+    lr = torch.tensor(0.0)
+    groups = make_optimizer(net, FAST.replace(bn_bias_lr_scale=8.0), lr).param_groups
+    filters, decayed, free, shifts = groups
+    norms = [m for m in net.modules() if isinstance(m, nn.BatchNorm2d)]
+    assert len(norms) == 19
+    assert [id(p) for p in shifts["params"]] == [id(m.bias) for m in norms]
+    assert shifts["lr_scale"] == 8.0 and shifts["weight_decay"] == 0.0
+    assert {id(p) for p in free["params"]} == {id(m.weight) for m in norms} | {id(net.fc.bias)}
+    assert free["lr_scale"] == 1.0 and decayed["lr_scale"] == 1.0
+    assert sum(len(g["params"]) for g in groups) == len(list(net.parameters()))
+    # Weight decay on the batch norms too: the shifts keep it in their own group.
+    decayed, shifts = make_optimizer(
+        net, FAST.replace(optimizer="sgd", decay_norm_and_bias=True, bn_bias_lr_scale=2.0), lr
+    ).param_groups
+    assert shifts["weight_decay"] == decayed["weight_decay"] == FAST.weight_decay
+    assert len(shifts["params"]) == 19
+
+
+@pytest.mark.parametrize("optimizer", ["sgd", "muon"])
+def test_bn_bias_lr_scale_moves_the_shifts_that_many_times_as_far(optimizer: str) -> None:
+    def one_step(scale: float) -> list[torch.Tensor]:
+        torch.manual_seed(0)
+        net = nn.Sequential(nn.Conv2d(3, 4, 3, bias=False), nn.BatchNorm2d(4), nn.ReLU(),
+                            nn.Flatten(), nn.Linear(4 * 6 * 6, 3))  # fmt: skip
+        before = [p.detach().clone() for p in net.parameters()]
+        recipe = FAST.replace(optimizer=optimizer, bn_bias_lr_scale=scale)
+        opt = make_optimizer(net, recipe, torch.tensor(0.1))
+        assert isinstance(opt, Muon) == (optimizer == "muon" or scale != 1)
+        x = torch.randn(5, 3, 8, 8, generator=torch.Generator().manual_seed(1))
+        nn.functional.cross_entropy(net(x), torch.tensor([0, 1, 2, 0, 1])).backward()
+        opt.step()
+        return [p.detach() - b for p, b in zip(net.parameters(), before, strict=True)]
+
+    plain, scaled = one_step(1.0), one_step(4.0)
+    conv, bn_weight, bn_bias, fc_weight, fc_bias = range(5)
+    assert plain[bn_bias].abs().min() > 0
+    torch.testing.assert_close(scaled[bn_bias], 4 * plain[bn_bias])
+    for i in (conv, bn_weight, fc_weight, fc_bias):
+        torch.testing.assert_close(scaled[i], plain[i])
+
+
 def test_auto_gives_muon_where_batch_norm_follows_the_filters_and_sgd_elsewhere() -> None:
     lr = torch.tensor(0.0)
     assert FAST.optimizer == "auto"

@@ -198,6 +198,8 @@ def test_recipe_scaling_and_overrides() -> None:
         {"optimizer": "adam"},
         {"muon_lr": 0.0},
         {"muon_momentum": 1.0},
+        {"bn_bias_lr_scale": 0.0},
+        {"bn_bias_lr_scale": float("inf")},
     ],
 )
 def test_out_of_range_recipe_is_a_clear_error(change: dict[str, object]) -> None:

@@ -57,7 +57,7 @@ class Muon(torch.optim.Optimizer):
         params: parameter groups; a group with `orthogonal=True` holds filter banks (each
             parameter's first dimension its outputs), updated by Muon at `lr * lr_scale`
             and kept at norm sqrt(outputs); the others take SGD with momentum and their
-            `weight_decay`, as torch.optim.SGD does.
+            `weight_decay`, as torch.optim.SGD does, at `lr * lr_scale` too.
         lr: a float or a 0-d tensor read at every step (the schedule sets it).
         momentum, nesterov: for every group.
     """
@@ -105,4 +105,4 @@ class Muon(torch.optim.Optimizer):
                     g = orthogonalize(g.reshape(rows, -1)).view_as(p)
                     p.sub_(g * (lr * group["lr_scale"]))
                 else:
-                    p.sub_(g * lr)
+                    p.sub_(g * (lr * group["lr_scale"]))

@@ -94,6 +94,9 @@ class Recipe:
     muon_lr: float = 0.04
     muon_momentum: float | None = None
     muon_first_conv: bool = True
+    # Learning rate of batch norm's shifts (its biases) relative to lr, under SGD either way;
+    # airbench (Jordan 2024, airbench94_muon) trains them far faster than its last layer.
+    bn_bias_lr_scale: float = 1.0
     weight_decay: float = 1e-4
     decay_norm_and_bias: bool = True  # False: no weight decay on BatchNorm weights and biases
     label_smoothing: float = 0.0
@@ -153,6 +156,10 @@ class Recipe:
         check_choice("optimizer", self.optimizer, OPTIMIZERS)
         if not (self.muon_lr > 0 and math.isfinite(self.muon_lr)):
             raise ValueError(f"muon_lr must be a positive number, got {self.muon_lr}")
+        if not (self.bn_bias_lr_scale > 0 and math.isfinite(self.bn_bias_lr_scale)):
+            raise ValueError(
+                f"bn_bias_lr_scale must be a positive number, got {self.bn_bias_lr_scale}"
+            )
         if self.plateau_patience < 1 or self.plateau_max < 0:
             raise ValueError("plateau_patience must be at least 1 and plateau_max at least 0")
         if self.cutout < 0:

@@ -58,7 +58,9 @@ def make_optimizer(net: nn.Module, recipe: Recipe, lr: Tensor) -> torch.optim.Op
     at `muon_lr` on the schedule's shape and momentum `muon_momentum` where set, and SGD with
     momentum for the rest. "auto": "muon" for a convolutional network with batch norm, else
     "sgd". Without `decay_norm_and_bias`, BatchNorm scales and shifts and all biases (the 1-d
-    parameters) get no weight decay.
+    parameters) get no weight decay. With `bn_bias_lr_scale` other than 1, BatchNorm's shifts
+    take SGD at that multiple of the rate (muon.py's SGD, which scales per group, then stands
+    in for torch's also where no filter takes Muon).
     """
     params = [p for p in net.parameters() if p.requires_grad]
     normalized = any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in net.modules())
@@ -86,6 +88,15 @@ def make_optimizer(net: nn.Module, recipe: Recipe, lr: Tensor) -> torch.optim.Op
             {"params": [p for p in params if p.ndim > 1], "weight_decay": recipe.weight_decay},
             {"params": [p for p in params if p.ndim <= 1], "weight_decay": 0.0},
         ]
+    if recipe.bn_bias_lr_scale != 1:  # batch norm's shifts in groups of their own
+        norms = (m for m in net.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm))
+        shifts = {id(m.bias) for m in norms if m.bias is not None}
+        split = []
+        for g in groups:
+            split.append({**g, "params": [p for p in g["params"] if id(p) not in shifts]})
+            shifted = [p for p in g["params"] if id(p) in shifts]
+            split.append({**g, "params": shifted, "lr_scale": recipe.bn_bias_lr_scale})
+        groups = split
     groups = [g for g in groups if g["params"]]
     if muon:
         scale = recipe.muon_lr / recipe.lr
@@ -93,6 +104,7 @@ def make_optimizer(net: nn.Module, recipe: Recipe, lr: Tensor) -> torch.optim.Op
         groups.insert(
             0, {"params": filters, "orthogonal": True, "lr_scale": scale, "momentum": momentum}
         )
+    if muon or any("lr_scale" in g for g in groups):  # torch's SGD has no per-group scale
         return Muon(groups, lr=lr, momentum=recipe.momentum, nesterov=recipe.nesterov)
     return torch.optim.SGD(
         groups, lr=lr, momentum=recipe.momentum, nesterov=recipe.nesterov, fused=True
