@@ -139,14 +139,35 @@ def test_bn_bias_lr_scale_gives_batch_norm_shifts_a_group_of_their_own() -> None
     assert len(shifts["params"]) == 19
 
 
+def test_head_lr_scale_gives_the_last_layer_a_group_of_its_own() -> None:
+    net = create_model("resnet20")
+    lr = torch.tensor(0.0)
+    recipe = FAST.replace(head_lr_scale=0.25, bn_bias_lr_scale=8.0)
+    scales = {
+        id(p): g["lr_scale"]
+        for g in make_optimizer(net, recipe, lr).param_groups
+        for p in g["params"]
+    }
+    assert scales[id(net.fc.weight)] == scales[id(net.fc.bias)] == 0.25
+    assert scales[id(net.bn1.bias)] == 8.0 and scales[id(net.bn1.weight)] == 1.0
+    assert scales[id(net.conv1.weight)] == pytest.approx(FAST.muon_lr / FAST.lr)
+    assert len(scales) == len(list(net.parameters()))
+    bare = nn.Sequential(nn.Conv2d(3, 8, 3), nn.BatchNorm2d(8))
+    with pytest.raises(ValueError, match="head_lr_scale.*no"):
+        make_optimizer(bare, FAST.replace(head_lr_scale=0.5), lr)
+
+
 @pytest.mark.parametrize("optimizer", ["sgd", "muon"])
-def test_bn_bias_lr_scale_moves_the_shifts_that_many_times_as_far(optimizer: str) -> None:
+@pytest.mark.parametrize("option", ["bn_bias_lr_scale", "head_lr_scale"])
+def test_lr_scales_move_their_parameters_that_many_times_as_far(
+    optimizer: str, option: str
+) -> None:
     def one_step(scale: float) -> list[torch.Tensor]:
         torch.manual_seed(0)
         net = nn.Sequential(nn.Conv2d(3, 4, 3, bias=False), nn.BatchNorm2d(4), nn.ReLU(),
                             nn.Flatten(), nn.Linear(4 * 6 * 6, 3))  # fmt: skip
         before = [p.detach().clone() for p in net.parameters()]
-        recipe = FAST.replace(optimizer=optimizer, bn_bias_lr_scale=scale)
+        recipe = FAST.replace(optimizer=optimizer, **{option: scale})
         opt = make_optimizer(net, recipe, torch.tensor(0.1))
         assert isinstance(opt, Muon) == (optimizer == "muon" or scale != 1)
         x = torch.randn(5, 3, 8, 8, generator=torch.Generator().manual_seed(1))
@@ -156,10 +177,10 @@ def test_bn_bias_lr_scale_moves_the_shifts_that_many_times_as_far(optimizer: str
 
     plain, scaled = one_step(1.0), one_step(4.0)
     conv, bn_weight, bn_bias, fc_weight, fc_bias = range(5)
-    assert plain[bn_bias].abs().min() > 0
-    torch.testing.assert_close(scaled[bn_bias], 4 * plain[bn_bias])
-    for i in (conv, bn_weight, fc_weight, fc_bias):
-        torch.testing.assert_close(scaled[i], plain[i])
+    moved = [bn_bias] if option == "bn_bias_lr_scale" else [fc_weight, fc_bias]
+    for i in range(5):
+        assert plain[i].abs().max() > 0
+        torch.testing.assert_close(scaled[i], 4 * plain[i] if i in moved else plain[i])
 
 
 def test_auto_gives_muon_where_batch_norm_follows_the_filters_and_sgd_elsewhere() -> None:

@@ -200,6 +200,7 @@ def test_recipe_scaling_and_overrides() -> None:
         {"muon_momentum": 1.0},
         {"bn_bias_lr_scale": 0.0},
         {"bn_bias_lr_scale": float("inf")},
+        {"head_lr_scale": -1.0},
     ],
 )
 def test_out_of_range_recipe_is_a_clear_error(change: dict[str, object]) -> None:

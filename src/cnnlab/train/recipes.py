@@ -97,6 +97,9 @@ class Recipe:
     # Learning rate of batch norm's shifts (its biases) relative to lr, under SGD either way;
     # airbench (Jordan 2024, airbench94_muon) trains them far faster than its last layer.
     bn_bias_lr_scale: float = 1.0
+    # Learning rate of the last layer (the network's last nn.Linear) relative to lr; airbench
+    # trains its classifier far slower than its shifts.
+    head_lr_scale: float = 1.0
     weight_decay: float = 1e-4
     decay_norm_and_bias: bool = True  # False: no weight decay on BatchNorm weights and biases
     label_smoothing: float = 0.0
@@ -156,10 +159,9 @@ class Recipe:
         check_choice("optimizer", self.optimizer, OPTIMIZERS)
         if not (self.muon_lr > 0 and math.isfinite(self.muon_lr)):
             raise ValueError(f"muon_lr must be a positive number, got {self.muon_lr}")
-        if not (self.bn_bias_lr_scale > 0 and math.isfinite(self.bn_bias_lr_scale)):
-            raise ValueError(
-                f"bn_bias_lr_scale must be a positive number, got {self.bn_bias_lr_scale}"
-            )
+        for field in ("bn_bias_lr_scale", "head_lr_scale"):
+            if not (getattr(self, field) > 0 and math.isfinite(getattr(self, field))):
+                raise ValueError(f"{field} must be a positive number, got {getattr(self, field)}")
         if self.plateau_patience < 1 or self.plateau_max < 0:
             raise ValueError("plateau_patience must be at least 1 and plateau_max at least 0")
         if self.cutout < 0:

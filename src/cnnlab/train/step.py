@@ -59,8 +59,9 @@ def make_optimizer(net: nn.Module, recipe: Recipe, lr: Tensor) -> torch.optim.Op
     momentum for the rest. "auto": "muon" for a convolutional network with batch norm, else
     "sgd". Without `decay_norm_and_bias`, BatchNorm scales and shifts and all biases (the 1-d
     parameters) get no weight decay. With `bn_bias_lr_scale` other than 1, BatchNorm's shifts
-    take SGD at that multiple of the rate (muon.py's SGD, which scales per group, then stands
-    in for torch's also where no filter takes Muon).
+    take SGD at that multiple of the rate, and with `head_lr_scale` the last layer (the last
+    nn.Linear, weight and bias); muon.py's SGD, which scales per group, then stands in for
+    torch's also where no filter takes Muon.
     """
     params = [p for p in net.parameters() if p.requires_grad]
     normalized = any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in net.modules())
@@ -88,15 +89,19 @@ def make_optimizer(net: nn.Module, recipe: Recipe, lr: Tensor) -> torch.optim.Op
             {"params": [p for p in params if p.ndim > 1], "weight_decay": recipe.weight_decay},
             {"params": [p for p in params if p.ndim <= 1], "weight_decay": 0.0},
         ]
-    if recipe.bn_bias_lr_scale != 1:  # batch norm's shifts in groups of their own
+    if recipe.bn_bias_lr_scale != 1:
         norms = (m for m in net.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm))
         shifts = {id(m.bias) for m in norms if m.bias is not None}
-        split = []
-        for g in groups:
-            split.append({**g, "params": [p for p in g["params"] if id(p) not in shifts]})
-            shifted = [p for p in g["params"] if id(p) in shifts]
-            split.append({**g, "params": shifted, "lr_scale": recipe.bn_bias_lr_scale})
-        groups = split
+        groups = _set_apart(groups, shifts, recipe.bn_bias_lr_scale)
+    if recipe.head_lr_scale != 1:
+        linears = [m for m in net.modules() if isinstance(m, nn.Linear)]
+        if not linears:
+            raise ValueError(
+                f"head_lr_scale scales the last layer, the network's last nn.Linear; "
+                f"{type(net).__name__} has none: leave head_lr_scale at 1"
+            )
+        head = {id(p) for p in linears[-1].parameters()}
+        groups = _set_apart(groups, head, recipe.head_lr_scale)
     groups = [g for g in groups if g["params"]]
     if muon:
         scale = recipe.muon_lr / recipe.lr
@@ -109,6 +114,17 @@ def make_optimizer(net: nn.Module, recipe: Recipe, lr: Tensor) -> torch.optim.Op
     return torch.optim.SGD(
         groups, lr=lr, momentum=recipe.momentum, nesterov=recipe.nesterov, fused=True
     )
+
+
+def _set_apart(groups: list[dict], chosen: set[int], scale: float) -> list[dict]:
+    """Each group in two: the parameters whose id is in `chosen` at `scale` times its rate."""
+    split = []
+    for g in groups:
+        rate = g.get("lr_scale", 1.0)
+        split.append({**g, "params": [p for p in g["params"] if id(p) not in chosen]})
+        apart = [p for p in g["params"] if id(p) in chosen]
+        split.append({**g, "params": apart, "lr_scale": rate * scale})
+    return split
 
 
 class TrainForward(nn.Module):
