@@ -85,7 +85,7 @@ class Muon(torch.optim.Optimizer):
     @torch.no_grad()
     def step(self, closure: None = None) -> None:  # type: ignore[override]
         for group in self.param_groups:
-            lr, momentum = group["lr"], group["momentum"]
+            rate, momentum = group["lr"] * group["lr_scale"], group["momentum"]  # once a group
             for p in group["params"]:
                 if p.grad is None:
                     continue
@@ -103,6 +103,4 @@ class Muon(torch.optim.Optimizer):
                     rows = p.shape[0]
                     p.mul_(rows**0.5 / p.norm().clamp_min(1e-12))
                     g = orthogonalize(g.reshape(rows, -1)).view_as(p)
-                    p.sub_(g * (lr * group["lr_scale"]))
-                else:
-                    p.sub_(g * (lr * group["lr_scale"]))
+                p.sub_(g * rate)

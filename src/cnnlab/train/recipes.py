@@ -157,9 +157,7 @@ class Recipe:
         check_choice("crop", self.crop, CROPS)
         check_choice("pad_mode", self.pad_mode, PAD_MODES)
         check_choice("optimizer", self.optimizer, OPTIMIZERS)
-        if not (self.muon_lr > 0 and math.isfinite(self.muon_lr)):
-            raise ValueError(f"muon_lr must be a positive number, got {self.muon_lr}")
-        for field in ("bn_bias_lr_scale", "head_lr_scale"):
+        for field in ("lr", "muon_lr", "bn_bias_lr_scale", "head_lr_scale"):
             if not (getattr(self, field) > 0 and math.isfinite(getattr(self, field))):
                 raise ValueError(f"{field} must be a positive number, got {getattr(self, field)}")
         if self.plateau_patience < 1 or self.plateau_max < 0:
@@ -175,8 +173,6 @@ class Recipe:
         for field in ("batch_size", "steps"):
             if getattr(self, field) < 1:
                 raise ValueError(f"{field} must be at least 1, got {getattr(self, field)}")
-        if not (self.lr > 0 and math.isfinite(self.lr)):
-            raise ValueError(f"lr must be a positive number, got {self.lr}")
         if not 0 <= self.warmup_steps <= self.steps:
             raise ValueError(
                 f"warmup_steps must be in 0..steps ({self.steps}), got {self.warmup_steps}"
