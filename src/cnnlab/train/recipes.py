@@ -158,8 +158,9 @@ class Recipe:
         check_choice("pad_mode", self.pad_mode, PAD_MODES)
         check_choice("optimizer", self.optimizer, OPTIMIZERS)
         for field in ("lr", "muon_lr", "bn_bias_lr_scale", "head_lr_scale"):
-            if not (getattr(self, field) > 0 and math.isfinite(getattr(self, field))):
-                raise ValueError(f"{field} must be a positive number, got {getattr(self, field)}")
+            value = getattr(self, field)
+            if not (value > 0 and math.isfinite(value)):
+                raise ValueError(f"{field} must be a positive number, got {value}")
         if self.plateau_patience < 1 or self.plateau_max < 0:
             raise ValueError("plateau_patience must be at least 1 and plateau_max at least 0")
         if self.cutout < 0:
