@@ -1,4 +1,5 @@
-"""The throughput benchmark's helpers: FLOPs per training image, the matmul peak, the targets.
+"""The throughput benchmark's helpers: FLOPs per training image, the matmul peak, the targets;
+the Muon benchmark's comparison.
 
 benchmarks/ is not a package, so the script is loaded from its path. Nothing here times
 anything that a test asserts on.
@@ -87,3 +88,11 @@ def test_cuda_targets_judge_the_steady_rate(bench: ModuleType) -> None:
     assert [c["passed"] for c in bench.check_targets("cuda", 256, models)] == [True, False]
     models["resnet56"] = _results(40_000, 9, 0.1, steady=None)  # too few steps for one
     assert [c["passed"] for c in bench.check_targets("cuda", 256, models)] == [True, None]
+
+
+def test_muon_benchmark_compares_the_same_result_both_ways() -> None:
+    muon = load_benchmark("muon_step")
+    r = muon.measure("resnet20", torch.device("cpu"), rounds=1, repeats=1)
+    assert (r["banks"], r["shapes"]) == (19, 6)  # He et al.'s resnet20: 19 convolutions
+    assert r["difference"] < 1e-5  # the stacked iteration is the same arithmetic
+    assert all(r[k] > 0 for k in ("one_by_one_ms", "stacked_ms", "muon_step_ms", "sgd_step_ms"))

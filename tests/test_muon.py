@@ -37,7 +37,37 @@ def test_orthogonalize_is_scale_free_and_refuses_non_matrices() -> None:
     m = torch.randn(8, 20, generator=torch.Generator().manual_seed(1))
     torch.testing.assert_close(orthogonalize(m), orthogonalize(1000 * m), rtol=1e-4, atol=1e-5)
     with pytest.raises(ValueError, match="matrix"):
-        orthogonalize(torch.randn(2, 3, 3, 3))
+        orthogonalize(torch.randn(20))
+
+
+@pytest.mark.parametrize("shape", [(16, 27), (64, 576), (32, 16)])
+def test_a_stack_is_orthogonalised_matrix_by_matrix(shape: tuple[int, int]) -> None:
+    # Each matrix on its own scale: a stack normalised as a whole would shrink the small one.
+    g = torch.Generator().manual_seed(2)
+    stack = torch.randn(3, *shape, generator=g) * torch.tensor([1.0, 100.0, 0.01]).view(3, 1, 1)
+    one_by_one = torch.stack([orthogonalize(m) for m in stack])
+    torch.testing.assert_close(orthogonalize(stack), one_by_one, rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(orthogonalize(stack[0]), one_by_one[0], rtol=1e-4, atol=1e-5)
+
+
+def test_filter_banks_of_several_shapes_step_as_each_alone() -> None:
+    # The step stacks the banks of one shape; each must move as it would in a group of its own.
+    torch.manual_seed(0)
+    shapes = [(8, 4, 3, 3), (16, 8, 3, 3), (8, 4, 3, 3), (16, 8, 1, 1), (8, 4, 3, 3)]
+    together = [nn.Parameter(torch.randn(s)) for s in shapes]
+    alone = [nn.Parameter(p.detach().clone()) for p in together]
+    lr = torch.tensor(0.2)
+    ours = Muon([{"params": together, "orthogonal": True}], lr=lr, nesterov=True)
+    each = [Muon([{"params": [p], "orthogonal": True}], lr=lr, nesterov=True) for p in alone]
+    for step in range(3):
+        _grads(together, step)
+        for p, q in zip(alone, together, strict=True):
+            p.grad = q.grad.clone()
+        ours.step()
+        for opt in each:
+            opt.step()
+    for p, q in zip(together, alone, strict=True):
+        torch.testing.assert_close(p, q, rtol=1e-4, atol=1e-5)
 
 
 def _grads(params: list[nn.Parameter], seed: int) -> None:

@@ -28,26 +28,32 @@ from typing import Any
 import torch
 from torch import Tensor
 
-__all__ = ["Muon", "orthogonalize"]
+__all__ = ["Muon", "orthogonalize", "orthogonalize_banks"]
 
 NEWTON_SCHULZ = (3.4445, -4.7750, 2.0315)
 NEWTON_SCHULZ_STEPS = 5
 
 
 def orthogonalize(m: Tensor, steps: int = NEWTON_SCHULZ_STEPS) -> Tensor:
-    """An approximately semi-orthogonal matrix with `m`'s singular vectors (U V^T of M)."""
-    if m.ndim != 2:
-        raise ValueError(f"orthogonalize takes a matrix, got shape {tuple(m.shape)}")
+    """An approximately semi-orthogonal matrix with `m`'s singular vectors (U V^T of M).
+
+    `m` is a matrix or a stack of them (..., rows, columns), each orthogonalised on its own:
+    one batched product per term instead of one per matrix.
+    """
+    if m.ndim < 2:
+        raise ValueError(
+            f"orthogonalize takes a matrix or a stack of them, got shape {tuple(m.shape)}"
+        )
     a, b, c = NEWTON_SCHULZ
-    x = m.float()
-    x = x / (x.norm() + 1e-7)  # every singular value at most 1
-    tall = x.shape[0] > x.shape[1]
+    x = m.float().reshape(-1, *m.shape[-2:])
+    x = x / (x.norm(dim=(1, 2), keepdim=True) + 1e-7)  # every singular value at most 1
+    tall = x.shape[1] > x.shape[2]
     if tall:  # iterate on the smaller Gram matrix
-        x = x.T
+        x = x.mT
     for _ in range(steps):
-        gram = x @ x.T
-        x = a * x + (b * gram + c * gram @ gram) @ x
-    return (x.T if tall else x).to(m.dtype)
+        gram = x @ x.mT
+        x = torch.baddbmm(x, torch.baddbmm(gram, gram, gram, beta=b, alpha=c), x, beta=a)
+    return (x.mT if tall else x).reshape(m.shape).to(m.dtype)
 
 
 class Muon(torch.optim.Optimizer):
@@ -86,9 +92,9 @@ class Muon(torch.optim.Optimizer):
     def step(self, closure: None = None) -> None:  # type: ignore[override]
         for group in self.param_groups:
             rate, momentum = group["lr"] * group["lr_scale"], group["momentum"]  # once a group
-            for p in group["params"]:
-                if p.grad is None:
-                    continue
+            params = [p for p in group["params"] if p.grad is not None]
+            moves = []
+            for p in params:
                 g = p.grad
                 if not group["orthogonal"] and group["weight_decay"]:
                     g = g.add(p, alpha=group["weight_decay"])
@@ -98,9 +104,24 @@ class Muon(torch.optim.Optimizer):
                 else:
                     state["momentum_buffer"].mul_(momentum).add_(g)
                 buf = state["momentum_buffer"]
-                g = g.add(buf, alpha=momentum) if group["nesterov"] else buf
-                if group["orthogonal"]:
-                    rows = p.shape[0]
-                    p.mul_(rows**0.5 / p.norm().clamp_min(1e-12))
-                    g = orthogonalize(g.reshape(rows, -1)).view_as(p)
-                p.sub_(g * rate)
+                moves.append(g.add(buf, alpha=momentum) if group["nesterov"] else buf)
+            if group["orthogonal"]:
+                for p in params:
+                    p.mul_(p.shape[0] ** 0.5 / p.norm().clamp_min(1e-12))
+                moves = orthogonalize_banks(moves)
+            for p, move in zip(params, moves, strict=True):
+                p.sub_(move * rate)
+
+
+def orthogonalize_banks(moves: list[Tensor]) -> list[Tensor]:
+    """`orthogonalize` of each filter bank's move as a matrix (outputs x the rest), the banks
+    of one shape stacked into one call: resnet20's 19 banks take 6 calls, resnet56's 55 too."""
+    by_shape: dict[torch.Size, list[int]] = {}
+    for i, move in enumerate(moves):
+        by_shape.setdefault(move.shape, []).append(i)
+    done: list[Tensor] = list(moves)
+    for shape, which in by_shape.items():
+        stack = torch.stack([moves[i] for i in which]).reshape(len(which), shape[0], -1)
+        for i, o in zip(which, orthogonalize(stack), strict=True):
+            done[i] = o.view(shape)
+    return done
