@@ -120,6 +120,25 @@ def test_filter_step_normalises_then_moves_by_the_orthogonalised_momentum() -> N
         Muon([{"params": [w], "orthogonal": True, "weight_decay": 1e-4}], lr=0.1)
 
 
+def test_channels_last_filters_step_as_contiguous_ones() -> None:
+    # cnnlab trains in channels_last where faster: the banks' memory order must not matter.
+    torch.manual_seed(0)
+    shapes = [(8, 4, 3, 3), (8, 4, 3, 3), (16, 8, 3, 3)]
+    plain = [nn.Parameter(torch.randn(s)) for s in shapes]
+    nhwc = [nn.Parameter(p.detach().clone().to(memory_format=torch.channels_last)) for p in plain]
+    opts = [
+        Muon([{"params": ps, "orthogonal": True}], lr=0.1, nesterov=True) for ps in (plain, nhwc)
+    ]
+    for step in range(2):
+        _grads(plain, step)
+        for p, q in zip(nhwc, plain, strict=True):
+            p.grad = q.grad.clone().to(memory_format=torch.channels_last)
+        for opt in opts:
+            opt.step()
+    for p, q in zip(plain, nhwc, strict=True):
+        torch.testing.assert_close(p.detach(), q.detach().contiguous())
+
+
 def test_make_optimizer_gives_the_filters_muon_and_the_rest_sgd() -> None:
     net = create_model("resnet20")
     lr = torch.tensor(0.0)
