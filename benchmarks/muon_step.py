@@ -16,32 +16,25 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import time
 from collections.abc import Callable
 
 import torch
 
 from cnnlab.models.registry import create_model
-from cnnlab.train import FAST
+from cnnlab.train import FAST, timing
 from cnnlab.train.hardware import describe_machine
 from cnnlab.train.muon import orthogonalize, orthogonalize_banks
 from cnnlab.train.step import make_optimizer
 
 
-def _ms(fn: Callable[[], object], device: torch.device, repeats: int) -> float:
-    """Milliseconds per call of `fn`, over `repeats` calls after two unclocked ones."""
-    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
-    for _ in range(2):
-        fn()
-    sync()
-    start = time.perf_counter()
-    for _ in range(repeats):
-        fn()
-    sync()
-    return (time.perf_counter() - start) / repeats * 1e3
+def _ms(fn: Callable[[], object], device: torch.device) -> float:
+    """Milliseconds per call of `fn`, timed as a sized run times its step (cnnlab.train.timing:
+    a few untimed calls, then at least 2 s)."""
+    sync = (lambda _: torch.cuda.synchronize(device)) if device.type == "cuda" else (lambda _: None)
+    return timing.measure(lambda _: fn(), sync) * 1e3
 
 
-def measure(model: str, device: torch.device, rounds: int, repeats: int) -> dict[str, float]:
+def measure(model: str, device: torch.device, rounds: int) -> dict[str, float]:
     net = create_model(model).to(device)
     banks = [p for p in net.parameters() if p.ndim == 4]
     g = torch.Generator(device=device).manual_seed(0)
@@ -58,8 +51,8 @@ def measure(model: str, device: torch.device, rounds: int, repeats: int) -> dict
     )
     a, b = [], []
     for _ in range(rounds):
-        a.append(_ms(one_by_one, device, repeats))
-        b.append(_ms(stacked, device, repeats))
+        a.append(_ms(one_by_one, device))
+        b.append(_ms(stacked, device))
     for p in net.parameters():
         p.grad = torch.randn(p.shape, generator=g, device=device)
     lr = torch.tensor(FAST.lr, device=device)
@@ -71,8 +64,8 @@ def measure(model: str, device: torch.device, rounds: int, repeats: int) -> dict
         "one_by_one_ms": statistics.median(a),
         "stacked_ms": statistics.median(b),
         "difference": difference,
-        "muon_step_ms": _ms(muon.step, device, repeats),
-        "sgd_step_ms": _ms(sgd.step, device, repeats),
+        "muon_step_ms": _ms(muon.step, device),
+        "sgd_step_ms": _ms(sgd.step, device),
     }
 
 
@@ -81,7 +74,6 @@ def main() -> None:
     parser.add_argument("--models", nargs="+", default=["resnet20", "resnet56"])
     parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
     parser.add_argument("--rounds", type=int, default=5, help="alternating rounds per side")
-    parser.add_argument("--repeats", type=int, default=20, help="calls per timed round")
     args = parser.parse_args()
     device = torch.device(args.device)
     print(describe_machine(device))
@@ -90,7 +82,7 @@ def main() -> None:
         f" {'max diff':>9} {'Muon step':>10} {'SGD step':>9}"
     )
     for model in args.models:
-        r = measure(model, device, args.rounds, args.repeats)
+        r = measure(model, device, args.rounds)
         print(
             f"{model:10} {r['banks']:5d} {r['shapes']:6d} {r['one_by_one_ms']:9.2f}ms"
             f" {r['stacked_ms']:7.2f}ms {r['one_by_one_ms'] / r['stacked_ms']:5.2f}x"
