@@ -37,20 +37,20 @@ def _batches(n: int, batch: int = 32) -> list[tuple[torch.Tensor, torch.Tensor]]
     ]
 
 
-def _step(cuda_graph: bool, precision: str = "fp32") -> TrainStep:
+def _step(cuda_graph: bool, precision: str = "fp32", sam_rho: float = 0.0) -> TrainStep:
     torch.manual_seed(0)
     net = create_model("resnet20").to(CUDA, memory_format=torch.channels_last)
-    recipe = FAST.replace(precision=precision)
+    recipe = FAST.replace(precision=precision, sam_rho=sam_rho)
     arithmetic = choose_arithmetic(CUDA, precision)
     normalize = Normalize(torch.full((3,), 0.5), torch.full((3,), 0.25)).to(CUDA)
     return TrainStep(net, recipe, arithmetic, normalize, CUDA, cuda_graph=cuda_graph)
 
 
-@pytest.mark.parametrize("precision", ["fp32", "bf16"])
-def test_graph_step_trains_like_the_eager_step(precision: str) -> None:
+@pytest.mark.parametrize(("precision", "sam_rho"), [("fp32", 0.0), ("bf16", 0.0), ("fp32", 0.05)])
+def test_graph_step_trains_like_the_eager_step(precision: str, sam_rho: float) -> None:
     torch.backends.cudnn.deterministic = True
     try:
-        graphed, eager = _step(True, precision), _step(False, precision)
+        graphed, eager = _step(True, precision, sam_rho), _step(False, precision, sam_rho)
         lrs = [0.05, 0.1, 0.02, 0.08, 0.0, 0.1, 0.03, 0.06]
         losses = {}
         for name, step in (("graph", graphed), ("eager", eager)):

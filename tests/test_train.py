@@ -7,6 +7,7 @@ seconds on two CPU cores.
 
 from __future__ import annotations
 
+import copy
 import json
 import os
 import random
@@ -201,6 +202,8 @@ def test_recipe_scaling_and_overrides() -> None:
         {"bn_bias_lr_scale": 0.0},
         {"bn_bias_lr_scale": float("inf")},
         {"head_lr_scale": -1.0},
+        {"sam_rho": -0.05},
+        {"sam_rho": float("nan")},
     ],
 )
 def test_out_of_range_recipe_is_a_clear_error(change: dict[str, object]) -> None:
@@ -730,3 +733,44 @@ def test_lookahead_moves_the_slow_weights_every_k_steps_and_restarts_the_fast() 
         FAST.replace(lookahead_steps=5, lookahead_alpha=0.0)
     with pytest.raises(ValueError, match="lookahead_steps must be >= 0"):
         FAST.replace(lookahead_steps=-1)
+
+
+def test_sam_applies_the_gradient_taken_up_the_loss_and_one_pass_of_statistics() -> None:
+    from cnnlab.data import Normalize
+    from cnnlab.train.hardware import Arithmetic
+    from cnnlab.train.step import TrainStep
+
+    torch.manual_seed(0)
+    net = TinyNet(dropout=0.0)
+    start = copy.deepcopy(net)
+    rho, lr = 0.5, 0.1
+    recipe = HE2015.replace(momentum=0.0, weight_decay=0.0, sam_rho=rho)
+    normalize = Normalize(torch.full((3,), 0.5), torch.full((3,), 0.25))
+    step = TrainStep(net, recipe, Arithmetic("fp32", False, "test"), normalize,
+                     torch.device("cpu"))  # fmt: skip
+    data = make_data(16)
+    step(data.images, data.labels, lr)
+    assert "SAM at rho 0.5" in step.describe()
+
+    inputs = normalize(data.images)
+
+    def gradient(network: nn.Module) -> list[Tensor]:
+        network.zero_grad()
+        F.cross_entropy(network(inputs), data.labels).backward()
+        return [p.grad.clone() for p in network.parameters()]
+
+    probe = copy.deepcopy(start)
+    g = gradient(probe)  # at w; then at w + rho g / |g|, applied at w
+    norm = torch.linalg.vector_norm(torch.stack([v.norm() for v in g]))
+    with torch.no_grad():
+        for p, v in zip(probe.parameters(), g, strict=True):
+            p.add_(v * rho / norm)
+    g_up = gradient(probe)
+    for p, w, v, v0 in zip(net.parameters(), start.parameters(), g_up, g, strict=True):
+        torch.testing.assert_close(p, w - lr * v)
+        if p.ndim > 1:  # filters and the last layer's weights: not plain SGD's step
+            assert not torch.allclose(p, w - lr * v0, rtol=1e-4, atol=1e-6)
+    start(inputs)  # one pass of batch statistics, as the step's first
+    torch.testing.assert_close(net.bn.running_mean, start.bn.running_mean)
+    torch.testing.assert_close(net.bn.running_var, start.bn.running_var)
+    assert int(net.bn.num_batches_tracked) == 1

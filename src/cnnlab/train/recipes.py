@@ -110,6 +110,11 @@ class Recipe:
     # slow weights move lookahead_alpha of the way to the trained ones, which restart there.
     lookahead_steps: int = 0  # 0: off
     lookahead_alpha: float = 0.5
+    # Sharpness-aware minimisation (Foret et al. 2021, SAM; step.py): each step applies the
+    # gradient taken at the weights moved sam_rho along the normalised gradient, the loss's
+    # steepest rise nearby. Two forward and backward passes a step: twice an epoch's arithmetic
+    # for the same steps. 0: off.
+    sam_rho: float = 0.0
     # The last batch norm of each residual branch starts at scale 0 (Goyal et al. 2017; see
     # models.resnet.zero_init_residual): an initialisation, the network unchanged.
     zero_init_residual: bool = False
@@ -194,6 +199,8 @@ class Recipe:
                 "lookahead_steps must be >= 0 (0: off) and lookahead_alpha in (0, 1], got "
                 f"{self.lookahead_steps} and {self.lookahead_alpha}"
             )
+        if not (self.sam_rho >= 0 and math.isfinite(self.sam_rho)):
+            raise ValueError(f"sam_rho must be a distance >= 0 (0: off), got {self.sam_rho}")
         if self.bn_momentum is not None and not 0 < self.bn_momentum <= 1:
             raise ValueError(f"bn_momentum must be in (0, 1] (or unset), got {self.bn_momentum}")
         if not 0 <= self.label_smoothing < 1:

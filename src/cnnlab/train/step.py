@@ -3,6 +3,9 @@
     step = TrainStep(net, recipe, arithmetic, normalize, device)
     loss, wrong = step(x_uint8, y, lr)     # forward, loss, backward, optimizer update
 
+With the recipe's `sam_rho`, the gradient the update applies is taken a second time, at
+weights moved up the loss (sharpness-aware minimisation, `_sharpness_aware`).
+
 The step owns what makes it fast on a given machine, decided once when it is built from the
 hardware (see hardware.py) and never branched on by the loop: the precision (bfloat16 autocast
 or float32), the memory layout (channels_last or NCHW), the optimizer (fused SGD, one kernel
@@ -207,6 +210,8 @@ class TrainStep:
         if isinstance(self.forward, DistributedDataParallel):
             how += ", DDP"
         optimizer = "Muon and SGD" if isinstance(self.optimizer, Muon) else "fused SGD"
+        if self.recipe.sam_rho > 0:
+            optimizer += f", SAM at rho {self.recipe.sam_rho:g} (two passes a step)"
         return f"step: {how}, {optimizer}"
 
     def __call__(self, x: Tensor, y: Tensor, lr: float) -> tuple[Tensor, Tensor]:
@@ -232,8 +237,20 @@ class TrainStep:
         return static["loss"], static["wrong"]
 
     def _step(self, x: Tensor, y: Tensor, capturing: bool = False) -> tuple[Tensor, Tensor]:
-        recipe = self.recipe
         x = self.normalize(x).contiguous(memory_format=self.arithmetic.memory_format)
+        loss, logits = self._loss(x, y, capturing)
+        if not capturing:  # a captured backward writes the gradients instead (see _capture)
+            self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        if self.recipe.sam_rho > 0:
+            self._sharpness_aware(x, y, capturing)
+        self.optimizer.step()
+        wrong = (logits.detach().argmax(dim=1) != y).sum()
+        return loss.detach(), wrong
+
+    def _loss(self, x: Tensor, y: Tensor, capturing: bool) -> tuple[Tensor, Tensor]:
+        """The batch's loss (with GoogLeNet's auxiliary heads) and its logits, float32."""
+        recipe = self.recipe
         with autocast(self.device, self.arithmetic.precision, cache_casts=not capturing):
             outputs = self.forward(x)
         logits = outputs[0].float()
@@ -242,12 +259,35 @@ class TrainStep:
             loss = loss + recipe.aux_weight * nn.functional.cross_entropy(
                 aux.float(), y, label_smoothing=recipe.label_smoothing
             )
-        if not capturing:  # a captured backward writes the gradients instead (see _capture)
-            self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        self.optimizer.step()
-        wrong = (logits.detach().argmax(dim=1) != y).sum()
-        return loss.detach(), wrong
+        return loss, logits
+
+    @torch.no_grad()
+    def _sharpness_aware(self, x: Tensor, y: Tensor, capturing: bool) -> None:
+        """Replace the gradients by SAM's (Foret et al. 2021): those at w + rho g / |g|.
+
+        The weights w move `sam_rho` along the gradient g just taken (its norm over all the
+        parameters), the batch's loss is taken again there, and the weights go back to w
+        exactly (a copy, not a subtraction) before the optimizer applies the new gradient.
+        The second pass leaves batch norm's running statistics as the first left them. No
+        host sync: the step stays capturable as a CUDA graph.
+        """
+        params = [p for p in self.net.parameters() if p.grad is not None]
+        grads = [p.grad for p in params]
+        norm = torch.linalg.vector_norm(torch.stack(torch._foreach_norm(grads)))
+        scale = self.recipe.sam_rho / (norm + 1e-12)
+        weights = [p.detach().clone() for p in params]
+        norms = (m for m in self.net.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm))
+        statistics = [b for m in norms for b in m.buffers()]
+        kept = [b.clone() for b in statistics]
+        for p, g in zip(params, grads, strict=True):
+            p.add_(g * scale)
+            g.zero_()  # the second backward adds into these
+        with torch.enable_grad():
+            self._loss(x, y, capturing)[0].backward()
+        for p, w in zip(params, weights, strict=True):
+            p.copy_(w)
+        for b, k in zip(statistics, kept, strict=True):
+            b.copy_(k)
 
     def _warmup(self, x: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:
         # Warm-up steps run on a side stream, as graph capture requires of the work before it.
