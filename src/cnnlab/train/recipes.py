@@ -336,7 +336,8 @@ HE2015 = Recipe(
 #   stated before seed 2 ended. With SGD alone it had gained nothing (12.3% against 12.4%).
 #   On all 50k, seeds 0, 1 and 2 (bf16, the Zen 4), test 12.08% +- 0.28, the random start's
 #   12.08% +- 0.23: the same; seeds 3 (float32, a Zen 3) 12.24% and 4 (bf16, a Xeon) 11.96%,
-#   five seeds 12.09% +- 0.22; resnet56 at 40 epochs, seeds 0 and 1, 10.75% and 10.37%;
+#   five seeds 12.09% +- 0.22; resnet56 at 40 epochs, seeds 0, 1 and 2, 10.75%, 10.37% and
+#   10.46% (10.53% +- 0.20), each under he2015's 11.41%;
 # - precision and layout by the hardware (bfloat16 where native; weights stay float32):
 #   float32 throughout, seeds 0 and 1, 11.9% +- 0.2 against 11.6% +- 0.1 (test 13.2% against
 #   13.0%), no better and 1.5x slower here.
