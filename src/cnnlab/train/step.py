@@ -192,6 +192,9 @@ class TrainStep:
             forward = torch.compile(forward)  # type: ignore[assignment]
         self.forward = forward
         self.cuda_graph = cuda_graph
+        # what SAM's second pass must leave as the first left it (see _sharpness_aware)
+        batch_norms = (m for m in net.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm))
+        self._statistics = [b for m in batch_norms for b in m.buffers()]
         self.calls = 0
         self._graph: torch.cuda.CUDAGraph | None = None
         self._static: dict[str, Any] = {}
@@ -276,9 +279,7 @@ class TrainStep:
         norm = torch.linalg.vector_norm(torch.stack(torch._foreach_norm(grads)))
         scale = self.recipe.sam_rho / (norm + 1e-12)
         weights = [p.detach().clone() for p in params]
-        norms = (m for m in self.net.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm))
-        statistics = [b for m in norms for b in m.buffers()]
-        kept = [b.clone() for b in statistics]
+        kept = [b.clone() for b in self._statistics]
         for p, g in zip(params, grads, strict=True):
             p.add_(g * scale)
             g.zero_()  # the second backward adds into these
@@ -286,7 +287,7 @@ class TrainStep:
             self._loss(x, y, capturing)[0].backward()
         for p, w in zip(params, weights, strict=True):
             p.copy_(w)
-        for b, k in zip(statistics, kept, strict=True):
+        for b, k in zip(self._statistics, kept, strict=True):
             b.copy_(k)
 
     def _warmup(self, x: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:
